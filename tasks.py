@@ -1,0 +1,123 @@
+"""ente-lab tasks. Thin: declarations and help only; the logic is in entelab/.
+
+Flow: settings -> render -> box/VM -> converge -> verify.
+Run through ./labctl (it creates and uses the project's virtualenv), e.g.
+``./labctl lab.up`` or ``./labctl test.all``.
+"""
+
+from invoke import Collection, task
+
+from entelab import cli
+
+SET_HELP = {"set": "Override a setting, KEY=VALUE (repeatable), e.g. --set vm.memory=6144"}
+
+
+# ---------------------------------------------------------------- host
+@task(help={"dry-run": "Only print what would be installed/started"})
+def prepare(c, dry_run=False):
+    """Install and start what the host needs (vagrant, libvirt, qemu, mmdebstrap)."""
+    cli.run(cli.host_prepare, dry_run=dry_run)
+
+
+@task
+def restore(c):
+    """Stop the daemons host.prepare started and undo its host changes."""
+    cli.run(cli.host_restore)
+
+
+# ---------------------------------------------------------------- lab
+@task(iterable=["set"], help={**SET_HELP, "rotate-secrets": "Generate new secrets first (all of them)"})
+def render(c, set=None, rotate_secrets=False):
+    """Validate settings and render every configuration file under build/."""
+    cli.run(cli.render, overrides=set or [], rotate=rotate_secrets)
+
+
+@task(iterable=["set"], help={**SET_HELP})
+def settings(c, set=None):
+    """Validate settings and show the effective values (secrets are never shown)."""
+    cli.run(cli.show_settings, overrides=set or [])
+
+
+@task(help={"force": "Rebuild even when the cached box matches the recipe"})
+def box(c, force=False):
+    """Build the Debian 12 base box offline (mmdebstrap) and add it to Vagrant."""
+    cli.run(cli.box, force=force)
+
+
+@task(iterable=["set"], help={**SET_HELP})
+def up(c, set=None):
+    """Bring the lab up: prepare -> render -> box -> vagrant up -> converge -> certs -> smoke."""
+    cli.run(cli.up, overrides=set or [])
+
+
+@task
+def down(c):
+    """Halt the VM; its disk is kept for the next lab.up."""
+    cli.run(cli.down)
+
+
+@task(help={"yes": "Do not ask for confirmation"})
+def destroy(c, yes=False):
+    """Destroy the VM and its disk (asks unless --yes)."""
+    cli.run(cli.destroy, yes=yes)
+
+
+@task
+def status(c):
+    """Show VM state, provider, acceleration, address, services and last converge."""
+    cli.run(cli.status)
+
+
+@task(help={"command": "Run this command instead of an interactive shell"})
+def ssh(c, command=""):
+    """Open a shell in the VM (or run one command)."""
+    cli.run(cli.ssh, command=command)
+
+
+@task(iterable=["set"], help={**SET_HELP})
+def converge(c, set=None):
+    """Push the rendered files that differ, validate them, reload what changed."""
+    cli.run(cli.converge, overrides=set or [])
+
+
+@task
+def certs(c):
+    """Issue the lab certificate from the private ACME CA (pebble) with dehydrated."""
+    cli.run(cli.certs)
+
+
+@task
+def renew(c):
+    """Force a renewal and show the Apache and Postfix serials before and after."""
+    cli.run(cli.renew)
+
+
+# ---------------------------------------------------------------- tests
+@task(help={"k": "Only tests matching this pytest -k expression"})
+def host_tests(c, k=""):
+    """Fast host tests: settings, rendering, real-tool validation (no VM)."""
+    cli.run(cli.tests, which="host", k=k)
+
+
+@task(help={"k": "Only tests matching this pytest -k expression",
+            "keep": "Leave the VM running afterwards"})
+def vm_tests(c, k="", keep=False):
+    """VM tests: brings the lab up once, runs every vm test against it."""
+    cli.run(cli.tests, which="vm", k=k, keep=keep)
+
+
+@task(help={"keep": "Leave the VM running afterwards"})
+def all_tests(c, keep=False):
+    """Everything: host prerequisites, host tests, then the VM tests; destroys the VM."""
+    cli.run(cli.tests, which="all", keep=keep)
+
+
+ns = Collection()
+ns.add_collection(Collection("host", prepare, restore))
+ns.add_collection(Collection("lab", render, settings, box, up, down, destroy, status, ssh,
+                             converge, certs, renew))
+tests = Collection("test")
+tests.add_task(host_tests, "host")
+tests.add_task(vm_tests, "vm")
+tests.add_task(all_tests, "all")
+ns.add_collection(tests)
