@@ -1,0 +1,176 @@
+"""Converge: put the rendered tree into the VM, changing only what differs.
+
+Facts vs operations (pyinfra style): ``plan(entries, facts)`` is pure and
+tested as data. Against the VM it costs a constant number of SSH round trips,
+whatever the number of files: 1 (facts) when nothing changed, else 3
+(facts, upload one bundle, apply). The guest half is ``entelab/agent.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from . import agent
+from .progress import StageFailed, console, stage
+from .render import Entry, load_manifest
+from .state import LabPaths
+
+AGENT_SRC = Path(agent.__file__).read_text()
+TOP_OF_FILE = {"/etc/resolv.conf"}   # the article: "add this line at the top"
+REMOTE_BUNDLE = "/tmp/ente-lab-bundle"
+
+
+def plan(entries: list[Entry], facts: dict) -> list[dict]:
+    """Operations that bring the guest to the manifest. [] when converged."""
+    ops = []
+    for e in entries:
+        f = facts.get(e.path, {"type": "missing"})
+        base = {"path": e.path, "mode": e.mode, "owner": e.owner, "group": e.group,
+                "reload": e.reload, "validate": e.validate}
+        if e.kind == "link":
+            if f.get("type") != "link" or f.get("target") != e.target:
+                ops.append({**base, "action": "link", "target": e.target, "validate": "none"})
+            continue
+        if e.merge == "block":
+            if f.get("type") != "file" or f.get("sha256") != e.sha256:
+                ops.append({**base, "action": "merge-block", "top": e.path in TOP_OF_FILE})
+            continue
+        if f.get("type") != "file" or f.get("sha256") != e.sha256:
+            ops.append({**base, "action": "write"})
+        elif (f.get("mode"), f.get("owner"), f.get("group")) != (e.mode, e.owner, e.group):
+            ops.append({**base, "action": "attrs", "validate": "none"})
+    return ops
+
+
+def bundle(ops: list[dict], rendered: Path) -> bytes:
+    """One tar.gz: agent.py, plan.json and the files the plan writes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        def add(name: str, data: bytes, mode: int = 0o600) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        add("agent.py", AGENT_SRC.encode(), 0o700)
+        add("plan.json", json.dumps({"ops": ops}).encode())
+        for op in ops:
+            if op["action"] in ("write", "merge-block"):
+                add("files/" + op["path"].lstrip("/"), (rendered / op["path"].lstrip("/")).read_bytes())
+    return buf.getvalue()
+
+
+class CountingConnection:
+    """Wraps a Fabric Connection and counts SSH round trips (commands + transfers)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.round_trips = 0
+
+    def run(self, cmd: str, **kw):
+        self.round_trips += 1
+        return self.conn.run(cmd, hide=True, warn=True, **kw)
+
+    def put(self, local, remote):
+        self.round_trips += 1
+        return self.conn.put(local, remote)
+
+
+def _inline_agent(args: str) -> str:
+    code = base64.b64encode(AGENT_SRC.encode()).decode()
+    return (f"sudo -n python3 -c 'import base64,sys; exec(base64.b64decode(sys.argv[1]))' "
+            f"{code} {args}")
+
+
+def remote_facts(conn: CountingConnection, entries: list[Entry]) -> dict:
+    payload = base64.b64encode(json.dumps(
+        [{"path": e.path, "merge": e.merge} for e in entries]).encode()).decode()
+    res = conn.run(_inline_agent(f"facts {payload}"))
+    if res.exited != 0:
+        raise StageFailed(f"reading facts from the VM failed: {res.stderr.strip()[-500:]}")
+    return json.loads(res.stdout)
+
+
+@dataclass
+class ConvergeResult:
+    ops: list[dict]
+    report: dict = field(default_factory=dict)
+    round_trips: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.report.get("refused") or self.report.get("reload_failed"))
+
+
+def converge_with(conn, paths: LabPaths) -> ConvergeResult:
+    start = time.monotonic()
+    cc = CountingConnection(conn)
+    entries = load_manifest(paths)
+    ops = plan(entries, remote_facts(cc, entries))
+    result = ConvergeResult(ops=ops)
+    if ops:
+        local = paths.build / "bundle.tar.gz"
+        local.write_bytes(bundle(ops, paths.rendered))
+        local.chmod(0o600)
+        cc.put(str(local), f"{REMOTE_BUNDLE}.tar.gz")
+        res = cc.run(f"sudo -n sh -c 'rm -rf {REMOTE_BUNDLE} && mkdir -m 700 {REMOTE_BUNDLE} && "
+                     f"tar -xzf {REMOTE_BUNDLE}.tar.gz -C {REMOTE_BUNDLE} && rm -f {REMOTE_BUNDLE}.tar.gz && "
+                     f"python3 {REMOTE_BUNDLE}/agent.py apply {REMOTE_BUNDLE}; rc=$?; "
+                     f"rm -rf {REMOTE_BUNDLE}; exit $rc'")
+        try:
+            result.report = json.loads(res.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise StageFailed(f"converge apply failed in the VM: {res.stderr.strip()[-800:]}") from None
+    result.round_trips = cc.round_trips
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def show(result: ConvergeResult) -> None:
+    if not result.ops:
+        console.print(f"converge: no change (0 files, 0 reloads; {result.round_trips} SSH round trip)")
+        return
+    table = Table(title="converge")
+    table.add_column("file")
+    table.add_column("action")
+    table.add_column("result")
+    refused = result.report.get("refused", {})
+    for op in result.ops:
+        table.add_row(op["path"], op["action"],
+                      "[red]REFUSED (live file kept)[/]" if op["path"] in refused else "[green]installed[/]")
+    console.print(table)
+    for path, out in refused.items():
+        console.print(f"[red]refused[/] {path}: validation failed:\n{out}")
+    console.print(f"reloaded: {', '.join(result.report.get('reloaded', [])) or 'nothing'}")
+    for svc, out in result.report.get("reload_failed", {}).items():
+        console.print(f"[red]reload failed[/] {svc}: {out}\n  next: ./labctl lab.ssh -c '/etc/rc.d/rc.{svc} status'")
+    console.print(f"converge: {len(result.ops) - len(refused)} changed, {len(refused)} refused, "
+                  f"{result.round_trips} SSH round trips, {result.seconds:.1f}s")
+
+
+def converge(paths: LabPaths) -> ConvergeResult:
+    from .connection import connect
+    with stage("converge: push rendered files that differ", hint="./labctl lab.status; ./labctl lab.ssh"):
+        result = converge_with(connect(paths), paths)
+        show(result)
+        if not result.ok:
+            raise StageFailed("some files were refused or a reload failed (see above)")
+    return result
+
+
+def last_converge(conn) -> dict:
+    res = conn.run(f"cat {agent.STATE_FILE} 2>/dev/null || echo '{{}}'", hide=True, warn=True)
+    try:
+        return json.loads(res.stdout or "{}")
+    except ValueError:
+        return {}
+
+
+__all__ = ["plan", "bundle", "converge", "converge_with", "ConvergeResult", "asdict"]

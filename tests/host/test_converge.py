@@ -1,0 +1,194 @@
+"""Converge: facts in, operations out; the guest agent stages and validates.
+
+The plan tests are data (pyinfra style). The agent tests run the real guest
+code against a throw-away root with the real validators of this host
+(apache2 -t, postfix check, visudo, dnsmasq --test).
+"""
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from entelab import agent, converge
+from entelab.render import MANAGED_BEGIN, MANAGED_END, Entry
+
+
+def entry(path, data=b"x\n", **kw):
+    kw.setdefault("mode", "0644")
+    return Entry(path=path, owner="root", group="root", service="t", src="t/x.j2",
+                 reload=kw.pop("reload", "none"), sha256=hashlib.sha256(data).hexdigest(), **kw)
+
+
+def fact(data=b"x\n", mode="0644", owner="root", group="root"):
+    return {"type": "file", "sha256": hashlib.sha256(data).hexdigest(), "mode": mode,
+            "owner": owner, "group": group}
+
+
+def test_already_converged_expects_no_operations():
+    entries = [entry("/etc/a"), entry("/etc/b", b"y\n", mode="0600"),
+               Entry(path="/etc/l", mode="0777", owner="root", group="root", service="t", src="",
+                     reload="none", kind="link", target="/etc/a")]
+    facts = {"/etc/a": fact(), "/etc/b": fact(b"y\n", "0600"), "/etc/l": {"type": "link", "target": "/etc/a"}}
+    assert converge.plan(entries, facts) == []
+
+
+@pytest.mark.parametrize("facts,action", [
+    ({"/etc/a": {"type": "missing"}}, "write"),
+    ({"/etc/a": fact(b"old\n")}, "write"),
+    ({"/etc/a": fact(mode="0600")}, "attrs"),
+    ({"/etc/a": fact(owner="nobody")}, "attrs"),
+    ({"/etc/a": {"type": "link", "target": "/x"}}, "write"),
+])
+def test_only_what_differs(facts, action):
+    ops = converge.plan([entry("/etc/a", reload="httpd", validate="apache")], facts)
+    assert [o["action"] for o in ops] == [action]
+    assert ops[0]["reload"] == "httpd"
+    assert ops[0]["validate"] == ("none" if action == "attrs" else "apache")
+
+
+def test_block_compares_only_the_block():
+    block = f"{MANAGED_BEGIN}\nnameserver 127.0.0.1\n{MANAGED_END}\n".encode()
+    e = entry("/etc/resolv.conf", block, merge="block")
+    assert converge.plan([e], {"/etc/resolv.conf": fact(block, mode="0600")}) == []
+    ops = converge.plan([e], {"/etc/resolv.conf": {"type": "missing"}})
+    assert ops[0]["action"] == "merge-block" and ops[0]["top"] is True
+
+
+def test_merge_block_keeps_other_lines():
+    block = f"{MANAGED_BEGIN}\nA\n{MANAGED_END}\n"
+    merged = agent.merge_block("127.0.0.1 localhost\n", block, top=False)
+    assert merged == "127.0.0.1 localhost\n" + block
+    again = agent.merge_block(merged + "# mine\n", block.replace("A", "B"), top=False)
+    assert again == "127.0.0.1 localhost\n" + block.replace("A", "B") + "# mine\n"
+    assert agent.merge_block("nameserver 10.0.0.1\n", block, top=True).startswith(MANAGED_BEGIN)
+
+
+def test_facts_extract_block_hash(tmp_path):
+    block = f"{MANAGED_BEGIN}\nA\n{MANAGED_END}\n"
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/hosts").write_text("127.0.0.1 localhost\n" + block + "::1 x\n")
+    f = agent.facts([{"path": "/etc/hosts", "merge": "block"}], str(tmp_path))["/etc/hosts"]
+    assert f["sha256"] == hashlib.sha256(block.encode()).hexdigest()
+    assert agent.facts([{"path": "/etc/nope", "merge": "whole"}], str(tmp_path))["/etc/nope"] == {"type": "missing"}
+
+
+def _apply(tmp_path, root, files: dict[str, tuple[bytes, str, str]]):
+    """files: path -> (data, validate, reload). Bundle + agent apply (no reloads)."""
+    rendered = tmp_path / "rendered"
+    entries = []
+    for path, (data, validate, reload) in files.items():
+        dest = rendered / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        entries.append(entry(path, data, validate=validate, reload=reload))
+    ops = converge.plan(entries, agent.facts([{"path": e.path, "merge": e.merge} for e in entries], str(root)))
+    bdir = tmp_path / "bundle"
+    shutil.rmtree(bdir, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(converge.bundle(ops, rendered))) as tar:
+        tar.extractall(bdir)
+    return ops, agent.apply(bdir, root=root, reload=False)
+
+
+VHOST_OK = b"<VirtualHost *:8081>\n  ServerName ok.lan\n  ProxyPass / http://127.0.0.1:8180/\n</VirtualHost>\n"
+VHOST_BAD = b"<VirtualHost *:8081>\n  ServerName ok.lan\n  ProxyPasss / http://127.0.0.1:8180/\n</VirtualHost>\n"
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "root"
+    shutil.copytree("/etc/apache2", r / "etc/apache2", symlinks=True)
+    for mod in ("proxy", "proxy_http"):
+        for ext in ("load", "conf"):
+            src = Path(f"/etc/apache2/mods-available/{mod}.{ext}")
+            link = r / f"etc/apache2/mods-enabled/{mod}.{ext}"
+            if src.exists() and not link.exists():
+                link.symlink_to(f"../mods-available/{mod}.{ext}")
+    shutil.copytree("/etc/postfix", r / "etc/postfix", symlinks=True)
+    return r
+
+
+def test_broken_apache_file_never_replaces_live(tmp_path, root):
+    live = root / "etc/apache2/sites-enabled/ente.conf"
+    _, report = _apply(tmp_path, root, {"/etc/apache2/sites-enabled/ente.conf": (VHOST_OK, "apache", "httpd")})
+    assert report["refused"] == {} and report["reloaded"] == ["httpd"]
+    assert live.read_bytes() == VHOST_OK
+    _, report = _apply(tmp_path, root, {"/etc/apache2/sites-enabled/ente.conf": (VHOST_BAD, "apache", "httpd")})
+    assert "/etc/apache2/sites-enabled/ente.conf" in report["refused"]
+    assert "ProxyPasss" in report["refused"]["/etc/apache2/sites-enabled/ente.conf"]
+    assert report["reloaded"] == []
+    assert live.read_bytes() == VHOST_OK
+
+
+def test_broken_postfix_refused_others_installed(tmp_path, root):
+    main_cf = (root / "etc/postfix/main.cf").read_bytes()
+    bad = main_cf + b"\nsmtpd_tls_security_level = sometimes\nbogus line without equals\n"
+    _, report = _apply(tmp_path, root, {
+        "/etc/postfix/main.cf": (bad, "postfix", "postfix"),
+        "/etc/sudoers.d/ok": (b"dehydrated_user ALL=NOPASSWD: /usr/sbin/postfix reload\n", "sudoers", "none"),
+    })
+    assert list(report["refused"]) == ["/etc/postfix/main.cf"]
+    assert (root / "etc/postfix/main.cf").read_bytes() == main_cf
+    assert (root / "etc/sudoers.d/ok").exists()
+    assert "postfix" not in report["reloaded"]
+
+
+@pytest.mark.parametrize("path,bad,kind", [
+    ("/etc/sudoers.d/x", b"dehydrated_user ALL=NOPASSWD /usr/sbin/postfix reload\n", "sudoers"),
+    ("/etc/dnsmasq.conf", b"listen-adress=127.0.0.1\n", "dnsmasq"),
+    ("/etc/dehydrated/hook.sh", b"#!/bin/sh\nif then fi\n", "shell"),
+])
+def test_other_validators_refuse(tmp_path, root, path, bad, kind):
+    _, report = _apply(tmp_path, root, {path: (bad, kind, "none")})
+    assert path in report["refused"]
+    assert not (root / path.lstrip("/")).exists()
+
+
+def test_second_apply_is_a_no_op(tmp_path, root):
+    files = {"/etc/sudoers.d/ok": (b"root ALL=(ALL) ALL\n", "sudoers", "none")}
+    ops, _ = _apply(tmp_path, root, files)
+    assert ops
+    ops, report = _apply(tmp_path, root, files)
+    assert ops == [] and report["installed"] == []
+
+
+def test_bundle_contains_only_planned_files(tmp_path):
+    rendered = tmp_path / "r"
+    (rendered / "etc").mkdir(parents=True)
+    (rendered / "etc/a").write_text("a")
+    (rendered / "etc/b").write_text("b")
+    ops = [{"path": "/etc/a", "action": "write"}, {"path": "/etc/b", "action": "attrs"}]
+    with tarfile.open(fileobj=io.BytesIO(converge.bundle(ops, rendered))) as tar:
+        names = sorted(tar.getnames())
+    assert names == ["agent.py", "files/etc/a", "plan.json"]
+    plan = json.loads(tarfile.open(fileobj=io.BytesIO(converge.bundle(ops, rendered))).extractfile("plan.json").read())
+    assert plan["ops"] == ops
+
+
+class FakeConn:
+    def __init__(self, facts):
+        self.facts = facts
+        self.cmds = []
+
+    def run(self, cmd, **kw):
+        self.cmds.append(cmd)
+        class R:  # noqa: D401
+            exited = 0
+            stderr = ""
+        r = R()
+        r.stdout = json.dumps(self.facts)
+        return r
+
+
+def test_no_change_costs_one_round_trip(tmp_path):
+    from entelab import state
+    p = state.paths(tmp_path)
+    p.build.mkdir()
+    e = entry("/etc/a")
+    p.manifest.write_text(json.dumps({"files": [e.__dict__]}))
+    result = converge.converge_with(FakeConn({"/etc/a": fact()}), p)
+    assert result.ops == [] and result.round_trips == 1
