@@ -1,0 +1,166 @@
+#!/bin/sh
+# provision/guest/setup.sh - turn the Debian 12 guest into the article's
+# "Slackware server" layout. Runs INSIDE the guest rootfs (chroot at box-build
+# time, no running systemd), after provision/guest/overlay/ was copied to /.
+# Idempotent: running it again (also on a live guest) changes nothing more.
+#
+# What it does (details in docs/slackware-layer.md):
+#   * rc.d scripts executable, one systemd unit (rc-slackware.service) enabled,
+#     the distribution units they replace masked (one manager per service);
+#   * Apache: modules, no 000-default site, /etc/httpd -> /etc/apache2;
+#   * SASL: /etc/sasl2/, Debian Postfix's SASL path linked to /etc/sasl2/smtpd.conf,
+#     postfix in group sasl;
+#   * Postfix without syslog: maillog_file = /var/log/maillog;
+#   * dnsmasq: Slackware-like default /etc/dnsmasq.conf (all comments);
+#   * directories the article uses (/etc/dehydrated, /usr/local/docker-ente,
+#     /opt/dockerfiles/ente/...), group "users".
+set -eu
+
+log() {
+    printf 'ente-lab setup: %s\n' "$*"
+}
+
+warn() {
+    printf 'ente-lab setup: WARNING: %s\n' "$*" >&2
+}
+
+RC_SCRIPTS="rc.dnsmasq rc.saslauthd rc.postfix rc.pebble rc.httpd rc.docker rc.M"
+MASK_UNITS="apache2.service apache-htcacheclean.service postfix.service postfix@-.service
+postfix-resolvconf.path postfix-resolvconf.service saslauthd.service docker.service
+docker.socket containerd.service dnsmasq.service"
+RC_UNIT=rc-slackware.service
+UNIT_DIR=/etc/systemd/system
+
+# ------------------------------------------------------------------ overlay sanity
+for f in $RC_SCRIPTS; do
+    if [ ! -f "/etc/rc.d/$f" ]; then
+        warn "/etc/rc.d/$f missing (was the overlay copied?)"
+        exit 1
+    fi
+    chown root:root "/etc/rc.d/$f"
+    chmod 0755 "/etc/rc.d/$f"
+done
+chown root:root /usr/local/lib/ente-lab/rc.functions
+chmod 0644 /usr/local/lib/ente-lab/rc.functions
+chmod 0644 "$UNIT_DIR/$RC_UNIT" /etc/dhcp/dhclient.conf \
+    /etc/dhcp/dhclient-enter-hooks.d/ente-lab-keep-resolv
+log "rc.d scripts in place: $RC_SCRIPTS"
+
+# ------------------------------------------------------------------ systemd units
+# Plain symlinks (what 'systemctl mask/enable' create) work the same in a chroot
+# and on a live system; systemctl is tried first and the result checked.
+mask_unit() {
+    u=$1
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable "$u" >/dev/null 2>&1 || true
+        systemctl mask "$u" >/dev/null 2>&1 || true
+    fi
+    if [ "$(readlink "$UNIT_DIR/$u" 2>/dev/null || true)" != /dev/null ]; then
+        rm -f "$UNIT_DIR/$u"
+        ln -s /dev/null "$UNIT_DIR/$u"
+    fi
+    # leftovers of an enable done before the mask
+    for w in "$UNIT_DIR"/*.wants/"$u"; do
+        [ -L "$w" ] && rm -f "$w"
+    done
+    return 0
+}
+
+for u in $MASK_UNITS; do
+    mask_unit "$u"
+done
+log "masked: $(echo "$MASK_UNITS" | tr '\n' ' ')"
+
+if command -v systemctl >/dev/null 2>&1; then
+    systemctl enable "$RC_UNIT" >/dev/null 2>&1 || true
+fi
+mkdir -p "$UNIT_DIR/multi-user.target.wants"
+if [ ! -L "$UNIT_DIR/multi-user.target.wants/$RC_UNIT" ]; then
+    ln -s "$UNIT_DIR/$RC_UNIT" "$UNIT_DIR/multi-user.target.wants/$RC_UNIT"
+fi
+log "enabled $RC_UNIT (runs /etc/rc.d/rc.M start at boot, stop at shutdown)"
+
+# network-online.target must really wait for ifupdown (Debian 12 ifupdown ships it)
+if [ -f /lib/systemd/system/ifupdown-wait-online.service ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl enable ifupdown-wait-online.service >/dev/null 2>&1 || true
+fi
+
+# ------------------------------------------------------------------ Apache
+if command -v a2enmod >/dev/null 2>&1; then
+    a2enmod -q proxy proxy_http proxy_wstunnel ssl headers http2 remoteip rewrite >/dev/null
+    a2dissite -q 000-default >/dev/null 2>&1 || true
+    log "apache: modules proxy proxy_http proxy_wstunnel ssl headers http2 remoteip rewrite enabled, 000-default disabled"
+else
+    warn "a2enmod not found (apache2 not installed?)"
+fi
+# Debian's apachectl hands 'apachectl start' over to systemctl when PID 1 is
+# systemd; apache2.service is masked, so tell it that it is managed already.
+ENVVARS=/etc/apache2/envvars
+if [ -f "$ENVVARS" ] && ! grep -q 'ente-lab' "$ENVVARS"; then
+    cat >>"$ENVVARS" <<'EOF'
+
+# ente-lab: Apache is managed by /etc/rc.d/rc.httpd (Slackware style), not by
+# systemd; without this, 'apachectl start' would call 'systemctl start apache2',
+# which is masked.
+export APACHE_STARTED_BY_SYSTEMD=true
+EOF
+fi
+if [ ! -e /etc/httpd ] || [ -L /etc/httpd ]; then
+    ln -sfn /etc/apache2 /etc/httpd
+else
+    warn "/etc/httpd exists and is not a symlink; left alone"
+fi
+[ -x /usr/sbin/apachectl ] || warn "/usr/sbin/apachectl missing"
+
+# ------------------------------------------------------------------ SASL + Postfix
+mkdir -p /etc/sasl2
+chmod 0755 /etc/sasl2
+mkdir -p /etc/postfix/sasl
+if [ -e /etc/postfix/sasl/smtpd.conf ] && [ ! -L /etc/postfix/sasl/smtpd.conf ]; then
+    mv /etc/postfix/sasl/smtpd.conf /etc/postfix/sasl/smtpd.conf.debian
+    warn "moved Debian's /etc/postfix/sasl/smtpd.conf to smtpd.conf.debian"
+fi
+ln -sfn /etc/sasl2/smtpd.conf /etc/postfix/sasl/smtpd.conf
+log "sasl: /etc/postfix/sasl/smtpd.conf -> /etc/sasl2/smtpd.conf (the lab writes the latter)"
+if getent group sasl >/dev/null && id postfix >/dev/null 2>&1; then
+    usermod -aG sasl postfix
+    log "postfix added to group sasl (saslauthd socket dir is root:sasl 0710)"
+else
+    warn "group sasl or user postfix missing"
+fi
+# No syslog in the guest: Postfix logs to a file with Slackware's name.
+touch /var/log/maillog
+chmod 0640 /var/log/maillog
+if command -v postconf >/dev/null 2>&1; then
+    postconf -e 'maillog_file = /var/log/maillog'
+fi
+log "postfix: maillog_file = /var/log/maillog"
+
+# ------------------------------------------------------------------ dnsmasq
+if [ ! -e /etc/dnsmasq.conf ]; then
+    if [ -f /usr/share/doc/dnsmasq-base/examples/dnsmasq.conf.example ]; then
+        # Slackware ships the upstream example (every line a comment) as
+        # /etc/dnsmasq.conf; the article uses it unchanged.
+        cp /usr/share/doc/dnsmasq-base/examples/dnsmasq.conf.example /etc/dnsmasq.conf
+    else
+        printf '%s\n' '# /etc/dnsmasq.conf - default (everything commented), as on Slackware.' \
+            '# dnsmasq serves /etc/hosts and forwards to the servers in /etc/resolv.conf.' \
+            >/etc/dnsmasq.conf
+    fi
+    chmod 0644 /etc/dnsmasq.conf
+    log "dnsmasq: default /etc/dnsmasq.conf installed"
+fi
+
+# ------------------------------------------------------------------ article directories
+mkdir -p /etc/dehydrated /etc/ente-lab /etc/pebble /usr/local/docker-ente
+for d in cli-data cli-export museum-data museum-logs postgres-data minio-data webauth-data; do
+    mkdir -p "/opt/dockerfiles/ente/$d"
+done
+getent group users >/dev/null || groupadd -g 100 users
+command -v docker-compose >/dev/null 2>&1 || warn "docker-compose not found (package docker-compose)"
+command -v killall >/dev/null 2>&1 || warn "killall not found (package psmisc)"
+command -v testsaslauthd >/dev/null 2>&1 || warn "testsaslauthd not found (package sasl2-bin)"
+touch /var/log/docker.log /var/log/pebble.log
+chmod 0640 /var/log/docker.log /var/log/pebble.log
+
+log "done"
