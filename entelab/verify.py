@@ -1,0 +1,147 @@
+"""Verify: probes run inside the VM over SSH (loopback in the guest only).
+
+Used by the smoke check at the end of ``lab.up`` and by the VM tests. Each
+probe is a small standard-library Python program executed in the guest, so
+TLS verification (against the lab root, with host-name checks) happens where
+the services are, and no traffic leaves the lab.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import textwrap
+
+from rich.table import Table
+
+from .progress import StageFailed, console, stage
+
+LAB_ROOT = "/etc/ente-lab/acme-root.pem"
+
+_PRELUDE = textwrap.dedent("""
+    import json, socket, ssl, smtplib, sys, urllib.request, http.client
+    ARGS = json.loads(sys.argv[1])
+    def ctx():
+        c = ssl.create_default_context(cafile=ARGS.get("cafile", %r))
+        return c
+""" % LAB_ROOT)
+
+HTTPS_GET = _PRELUDE + textwrap.dedent("""
+    host, path, port = ARGS["host"], ARGS["path"], ARGS.get("port", 443)
+    scheme = ARGS.get("scheme", "https")
+    if scheme == "https":
+        conn = http.client.HTTPSConnection(host, port, context=ctx(), timeout=20)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=20)
+    conn.request(ARGS.get("method", "GET"), path, headers=ARGS.get("headers", {}))
+    r = conn.getresponse()
+    body = r.read().decode(errors="replace")
+    out = {"status": r.status, "headers": [[k, v] for k, v in r.getheaders()], "body": body}
+    if scheme == "https":
+        cert = conn.sock.getpeercert()
+        out["serial"] = cert.get("serialNumber")
+        out["san"] = [v for k, v in cert.get("subjectAltName", ())]
+    print(json.dumps(out))
+""")
+
+SMTP_SESSION = _PRELUDE + textwrap.dedent("""
+    host, port = ARGS["host"], ARGS.get("port", 587)
+    out = {}
+    s = smtplib.SMTP(host, port, timeout=30)
+    code, msg = s.ehlo("lab-test.invalid")
+    out["ehlo_plain"] = msg.decode()
+    out["auth_before_tls"] = list(s.docmd("AUTH", "LOGIN"))
+    out["auth_before_tls"][1] = out["auth_before_tls"][1].decode()
+    if ARGS.get("starttls", True):
+        s.starttls(context=ctx())
+        out["serial"] = s.sock.getpeercert().get("serialNumber")
+        code, msg = s.ehlo("lab-test.invalid")
+        out["ehlo_tls"] = msg.decode()
+        if ARGS.get("user"):
+            try:
+                s.login(ARGS["user"], ARGS["password"])
+                out["login"] = [235, "ok"]
+            except smtplib.SMTPAuthenticationError as exc:
+                out["login"] = [exc.smtp_code, exc.smtp_error.decode()]
+        if ARGS.get("send") and out.get("login", [0])[0] == 235:
+            m = ARGS["send"]
+            msg = ("From: %s\\r\\nTo: %s\\r\\nSubject: %s\\r\\nMessage-ID: %s\\r\\n\\r\\n%s\\r\\n"
+                   % (m["from"], m["to"], m["subject"], m["message_id"], m["body"]))
+            try:
+                refused = s.sendmail(m["from"], [m["to"]], msg)
+                out["sent"] = [250, json.dumps(refused)]
+            except smtplib.SMTPException as exc:
+                out["sent"] = [getattr(exc, "smtp_code", 0), str(exc)]
+    try:
+        s.quit()
+    except Exception:
+        pass
+    print(json.dumps(out))
+""")
+
+
+def guest_python(conn, program: str, args: dict, sudo: bool = False, netns: str = "") -> dict:
+    """Run a probe program in the guest; return its JSON output."""
+    code = base64.b64encode(program.encode()).decode()
+    cmd = (f"python3 -c 'import base64,sys; exec(base64.b64decode(sys.argv.pop(1)))' "
+           f"{code} {shlex.quote(json.dumps(args))}")
+    if netns:
+        cmd = f"ip netns exec {netns} {cmd}"
+    if sudo or netns:
+        cmd = "sudo -n " + cmd
+    res = conn.run(cmd, hide=True, warn=True)
+    if res.exited != 0:
+        raise StageFailed(f"probe failed in the VM: {res.stderr.strip()[-1200:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def https_get(conn, host: str, path: str = "/", **kw) -> dict:
+    return guest_python(conn, HTTPS_GET, {"host": host, "path": path, **kw})
+
+
+def smtp_session(conn, host: str, **kw) -> dict:
+    return guest_python(conn, SMTP_SESSION, {"host": host, **kw})
+
+
+def resolve(conn, name: str) -> list[str]:
+    res = conn.run(f"dig +short +time=2 +tries=1 @127.0.0.1 {shlex.quote(name)}", hide=True, warn=True)
+    return res.stdout.split()
+
+
+def services(conn) -> dict[str, str]:
+    """State of each service from its rc.d script."""
+    res = conn.run("for s in dnsmasq saslauthd postfix pebble httpd docker; do "
+                   "printf '%s ' $s; sudo -n /etc/rc.d/rc.$s status >/dev/null 2>&1 && echo running "
+                   "|| echo stopped; done", hide=True, warn=True)
+    return dict(line.split(" ", 1) for line in res.stdout.strip().splitlines() if " " in line)
+
+
+def smoke(paths) -> None:
+    """Short smoke check printed at the end of lab.up."""
+    from .connection import connect
+    from .settings import load_settings
+    settings, _ = load_settings(paths.root)
+    with stage("smoke: services, DNS, TLS on 443 and 587"):
+        conn = connect(paths)
+        table = Table(title="ente-lab smoke check")
+        table.add_column("check")
+        table.add_column("result")
+        for name, st in services(conn).items():
+            table.add_row(f"rc.{name}", st)
+        table.add_row(f"dns {settings.api_host}", " ".join(resolve(conn, settings.api_host)) or "NXDOMAIN")
+        table.add_row("dns ente-museum." + settings.docker.network,
+                      " ".join(resolve(conn, "ente-museum." + settings.docker.network)) or "NXDOMAIN")
+        try:
+            r = https_get(conn, settings.api_host, "/.well-known/acme-challenge/")
+            table.add_row(f"https://{settings.api_host} (verified)", f"TLS ok, serial {r['serial']}")
+        except StageFailed as exc:
+            table.add_row(f"https://{settings.api_host}", f"[red]{exc}[/]")
+        try:
+            r = smtp_session(conn, settings.mail_host)
+            ok = "STARTTLS" in r["ehlo_plain"] and "serial" in r
+            table.add_row(f"smtp://{settings.mail_host}:587", f"STARTTLS verified, serial {r['serial']}"
+                          if ok else "[red]no STARTTLS[/]")
+        except StageFailed as exc:
+            table.add_row(f"smtp://{settings.mail_host}:587", f"[red]{exc}[/]")
+        console.print(table)

@@ -1,0 +1,96 @@
+"""The mail path (issue 5): Postfix submission on 587, STARTTLS, SASL via saslauthd.
+
+Everything runs in the guest against its own Postfix; the relay test comes from
+a network namespace with an address outside every network the VM has (with
+``mynetworks_style = class`` every address of the VM's own networks is trusted,
+as in the article).
+"""
+
+import shlex
+import uuid
+
+import pytest
+
+from entelab import verify
+from labfix import lab_secrets, paths, settings, sh  # noqa: F401
+
+pytestmark = pytest.mark.vm
+
+OUTSIDE_NS = "entelab-outside"
+OUTSIDE_IP = "203.0.113.7"   # TEST-NET-3: not on any interface of the VM
+
+
+def test_testsaslauthd_accepts_the_verification_user(conn, settings, lab_secrets):
+    res = sh(conn, f"testsaslauthd -u {settings.smtp.username} -p {shlex.quote(lab_secrets.sasl_password)} -s smtp",
+             check=False)
+    assert res.stdout.strip() == '0: OK "Success."'
+    res = sh(conn, f"testsaslauthd -u {settings.smtp.username} -p wrong-password -s smtp", check=False)
+    assert res.stdout.strip().startswith("0: NO")
+
+
+def test_submission_requires_starttls_before_auth(conn, settings):
+    r = verify.smtp_session(conn, settings.mail_host, starttls=True)
+    assert "STARTTLS" in r["ehlo_plain"]
+    assert "AUTH" not in r["ehlo_plain"]
+    assert r["auth_before_tls"][0] == 530 and "STARTTLS" in r["auth_before_tls"][1]
+    assert "AUTH" in r["ehlo_tls"] and "PLAIN" in r["ehlo_tls"] and "LOGIN" in r["ehlo_tls"]
+
+
+def test_wrong_password_is_refused(conn, settings):
+    r = verify.smtp_session(conn, settings.mail_host, user=settings.smtp.username, password="not-it")
+    assert r["login"][0] == 535
+
+
+@pytest.fixture
+def outside(conn):
+    eth0 = sh(conn, "ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1").stdout.split()[0]
+    setup = f"""
+        ip netns del {OUTSIDE_NS} 2>/dev/null; ip link del entelab-o0 2>/dev/null
+        ip netns add {OUTSIDE_NS}
+        ip link add entelab-o0 type veth peer name entelab-o1
+        ip link set entelab-o1 netns {OUTSIDE_NS}
+        ip link set entelab-o0 up
+        ip -n {OUTSIDE_NS} link set lo up
+        ip -n {OUTSIDE_NS} addr add {OUTSIDE_IP}/32 dev entelab-o1
+        ip -n {OUTSIDE_NS} link set entelab-o1 up
+        ip -n {OUTSIDE_NS} route add default dev entelab-o1
+        ip route add {OUTSIDE_IP}/32 dev entelab-o0
+    """
+    sh(conn, setup)
+    yield eth0
+    sh(conn, f"ip netns del {OUTSIDE_NS}; ip link del entelab-o0 2>/dev/null; true", check=False)
+
+
+def test_relay_from_outside_mynetworks_is_refused(conn, outside):
+    mynetworks = sh(conn, "postconf -h mynetworks").stdout
+    assert "203.0.113" not in mynetworks
+    res = sh(conn, f"ip netns exec {OUTSIDE_NS} timeout 60 swaks --server {outside} --port 587 --tls "
+                   f"--from someone@example.org --to victim@example.net --quit-after RCPT", check=False)
+    assert "Relay access denied" in res.stdout, res.stdout
+    assert "<** " in res.stdout   # swaks marks the refused reply
+
+
+def test_authenticated_mail_is_delivered_to_the_lab_mailbox(conn, settings, lab_secrets):
+    message_id = f"<{uuid.uuid4().hex}@lab-test.{settings.domain}>"
+    rcpt = f"{settings.smtp.username}@{settings.domain}"
+    r = verify.smtp_session(conn, settings.mail_host, user=settings.smtp.username,
+                            password=lab_secrets.sasl_password,
+                            send={"from": settings.smtp.email, "to": rcpt, "subject": "Verification code: 123456",
+                                  "message_id": message_id, "body": "rehearsal"})
+    assert r["login"][0] == 235
+    assert r["sent"][0] == 250, r["sent"]
+    res = sh(conn, f"for i in $(seq 60); do grep -qF '{message_id}' /var/mail/{settings.smtp.username} && exit 0; "
+                   f"sleep 0.5; done; tail -20 /var/log/maillog; exit 1", check=False)
+    assert res.exited == 0, res.stdout
+
+
+def test_outside_domains_never_leave_the_lab(conn, settings, lab_secrets):
+    message_id = f"<{uuid.uuid4().hex}@lab-test.{settings.domain}>"
+    verify.smtp_session(conn, settings.mail_host, user=settings.smtp.username, password=lab_secrets.sasl_password,
+                        send={"from": settings.smtp.email, "to": "someone@example.com", "subject": "x",
+                              "message_id": message_id, "body": "must not leave"})
+    res = sh(conn, f"for i in $(seq 60); do grep -q 'to=<someone@example.com>.*status=\\(bounced\\|deferred\\)' "
+                   f"/var/log/maillog && exit 0; sleep 0.5; done; exit 1", check=False)
+    assert res.exited == 0
+    log = sh(conn, "grep 'to=<someone@example.com>' /var/log/maillog | tail -1").stdout
+    assert "relay=none" in log

@@ -1,0 +1,100 @@
+"""The proxy path (issue 5): Apache + TLS from the lab CA in front of 127.0.0.1 backends.
+
+Until the stack issue lands, the backends are minimal echo servers the test
+starts in the guest on the API and web ports; they answer with the request
+headers they saw, plus a Museum-like CORS header of their own.
+"""
+
+import base64
+import json
+import shlex
+import uuid
+
+import pytest
+
+from entelab import verify
+from labfix import paths, settings, sh  # noqa: F401
+
+pytestmark = pytest.mark.vm
+
+ECHO = r'''
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"backend": sys.argv[2], "path": self.path,
+                           "headers": dict(self.headers.items())}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        origin = self.headers.get("Origin")
+        if origin:  # like Museum: echo the origin
+            self.send_header("Access-Control-Allow-Origin", origin)
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+'''
+
+
+@pytest.fixture(scope="module")
+def backends(conn, settings):
+    code = base64.b64encode(ECHO.encode()).decode()
+    pids = []
+    for port, name in ((settings.ports.museum, "api"), (settings.ports.web, "web")):
+        res = conn.run(f"setsid nohup python3 -c 'import base64,sys; exec(base64.b64decode(sys.argv.pop(1)))' "
+                       f"{code} {port} {name} >/dev/null 2>&1 & echo $!", hide=True)
+        pids.append(res.stdout.strip())
+    conn.run(f"for i in $(seq 50); do curl -s 127.0.0.1:{settings.ports.museum} >/dev/null && "
+             f"curl -s 127.0.0.1:{settings.ports.web} >/dev/null && exit 0; sleep 0.2; done; exit 1", hide=True)
+    yield
+    conn.run("kill " + " ".join(pids), hide=True, warn=True)
+
+
+def test_api_host_proxies_to_museum_port_with_verified_tls(conn, settings, backends):
+    r = verify.https_get(conn, settings.api_host, "/ping")
+    assert r["status"] == 200
+    seen = json.loads(r["body"])
+    assert seen["backend"] == "api" and seen["path"] == "/ping"
+    assert settings.api_host in r["san"]
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert headers["x-forwarded-proto"] == "https"
+    assert headers["x-forwarded-port"] == "443"
+    assert headers["host"] == settings.api_host          # ProxyPreserveHost
+
+
+def test_web_host_proxies_to_web_port(conn, settings, backends):
+    r = verify.https_get(conn, settings.web_host, "/")
+    assert json.loads(r["body"])["backend"] == "web"
+    assert settings.web_host in r["san"]
+
+
+def test_tls_fails_without_the_lab_root(conn, settings, backends):
+    """The lab root is a private test CA: the system store alone does not trust it... except
+    inside the guest, where rc.pebble installs it; a client with an empty CA file must fail."""
+    res = conn.run(f"curl -s -o /dev/null --cacert /dev/null https://{settings.api_host}/ping", hide=True, warn=True)
+    assert res.exited in (60, 77)
+
+
+def test_challenge_path_is_served_locally_not_proxied(conn, paths, settings, backends):
+    from entelab.certs import dehydrated_conf
+    wellknown = dehydrated_conf(paths).wellknown
+    token = uuid.uuid4().hex
+    sh(conn, f"echo {token} > {wellknown}/{token} && chmod 644 {wellknown}/{token}")
+    try:
+        for host in (settings.api_host, settings.web_host):
+            r = verify.https_get(conn, host, f"/.well-known/acme-challenge/{token}", scheme="http", port=80)
+            assert r["status"] == 200 and r["body"].strip() == token
+            r = verify.https_get(conn, host, f"/.well-known/acme-challenge/{token}")
+            assert r["body"].strip() == token, "https challenge path must not reach the backend"
+    finally:
+        sh(conn, f"rm -f {wellknown}/{token}")
+
+
+def test_apache_adds_no_cors_headers(conn, settings, backends):
+    r = verify.https_get(conn, settings.api_host, "/users/ott",
+                         headers={"Origin": f"https://{settings.web_host}"})
+    acao = [v for k, v in r["headers"] if k.lower().startswith("access-control-")]
+    assert acao == [f"https://{settings.web_host}"], "only the backend's own CORS header, once"
+    r = verify.https_get(conn, settings.api_host, "/ping")
+    assert not [k for k, _ in r["headers"] if k.lower().startswith("access-control-")]
