@@ -27,6 +27,9 @@ class Tree:
     secrets: secrets_mod.Secrets
     entries: dict            # dest path -> render.Entry
 
+    def __repr__(self) -> str:
+        return f"Tree({self.root}, mta={self.settings.mta}, {len(self.entries)} entries)"
+
     def path(self, dest: str) -> Path:
         return self.root / dest.lstrip("/")
 
