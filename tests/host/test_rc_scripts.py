@@ -1,0 +1,556 @@
+"""Host tests for the guest's Slackware-style rc.d layer (provision/guest).
+
+Static: every shell script parses (bash -n, and sh -n for the POSIX ones) and is
+shellcheck-clean. Behaviour: the rc scripts are run natively on this host
+against the real daemons (dnsmasq, saslauthd, Postfix, Apache, pebble, dockerd
+when installed) with temporary configurations on loopback and non-default
+ports, through the scripts' override variables, so nothing of the host's own
+configuration is touched. Every daemon started here is stopped again.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GUEST = ROOT / "provision" / "guest"
+OVERLAY = GUEST / "overlay"
+RC_D = OVERLAY / "etc" / "rc.d"
+RC_FUNCTIONS = OVERLAY / "usr" / "local" / "lib" / "ente-lab" / "rc.functions"
+SERVICES = ["dnsmasq", "saslauthd", "postfix", "pebble", "httpd", "docker"]
+
+SHELL_FILES = sorted(
+    [p for p in RC_D.glob("rc.*")]
+    + [RC_FUNCTIONS, GUEST / "setup.sh",
+       OVERLAY / "etc" / "dhcp" / "dhclient-enter-hooks.d" / "ente-lab-keep-resolv"]
+)
+
+is_root = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not is_root, reason="starts real daemons: needs root")
+
+
+@pytest.fixture
+def pubtmp():
+    """A temp dir the daemons' unprivileged users (nobody, postfix, www-data) can
+    traverse; pytest's tmp_path lives under a 0700 directory."""
+    d = Path(tempfile.mkdtemp(prefix="rc-test."))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def need(*tools: str) -> None:
+    for t in tools:
+        if not (shutil.which(t) or Path(t).exists()):
+            pytest.skip(f"{t} not installed on this host")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rc(script: str, action: str, env: dict[str, str], timeout: int = 120):
+    full_env = {**os.environ, **env, "RC_FUNCTIONS": str(RC_FUNCTIONS)}
+    return subprocess.run([str(RC_D / script), action], env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead (this host's PID 1 may reap late)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def pid_from_status(out: str) -> int:
+    # "X is running (pid N)"
+    assert "is running (pid " in out, out
+    return int(out.split("(pid ", 1)[1].split(")", 1)[0])
+
+
+def assert_running(script: str, env: dict[str, str], name: str) -> int:
+    r = rc(script, "status", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith(f"{name} is running (pid "), r.stdout
+    pid = pid_from_status(r.stdout)
+    assert alive(pid)
+    return pid
+
+
+def assert_stopped(script: str, env: dict[str, str], name: str) -> None:
+    r = rc(script, "status", env)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert r.stdout.strip() == f"{name} is not running"
+
+
+# ---------------------------------------------------------------- static checks
+@pytest.mark.parametrize("path", SHELL_FILES, ids=lambda p: p.name)
+def test_script_parses(path: Path):
+    assert path.exists()
+    r = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    first = path.read_text().splitlines()[0]
+    if first.startswith("#!/bin/sh") or "shell=sh" in path.read_text():
+        r = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("path", SHELL_FILES, ids=lambda p: p.name)
+def test_shellcheck_clean(path: Path):
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck not installed")
+    r = subprocess.run(["shellcheck", "-x", str(path)], capture_output=True, text=True,
+                       cwd=path.parent)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_scripts_executable_in_git():
+    """The box builder copies the overlay verbatim: modes must come from git."""
+    if not (ROOT / ".git").exists() or not shutil.which("git"):
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "ls-files", "-s", "provision/guest"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    modes = {line.split()[3]: line.split()[0] for line in out.splitlines()}
+    if not modes:
+        pytest.skip("provision/guest not committed yet")
+    for name in [f"rc.{s}" for s in SERVICES] + ["rc.M"]:
+        assert modes.get(f"provision/guest/overlay/etc/rc.d/{name}") == "100755", name
+    assert modes.get("provision/guest/setup.sh") == "100755"
+    assert modes.get("provision/guest/overlay/usr/local/lib/ente-lab/rc.functions") == "100644"
+
+
+@pytest.mark.parametrize("svc", SERVICES)
+def test_every_rc_script_has_the_five_actions(svc: str):
+    text = (RC_D / f"rc.{svc}").read_text()
+    assert text.startswith("#!/bin/")
+    assert "set -u" in text
+    for action in ("start)", "stop)", "restart)", "reload", "status)"):
+        assert action in text, f"rc.{svc} lacks {action}"
+    code = [ln for ln in text.splitlines() if not ln.strip().startswith("#")]
+    assert not [ln for ln in code if "systemctl" in ln], \
+        f"rc.{svc} must manage the daemon directly, not via systemctl"
+    r = rc(f"rc.{svc}", "bogus", {})
+    assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_unit_and_setup_agree():
+    unit = (OVERLAY / "etc" / "systemd" / "system" / "rc-slackware.service").read_text()
+    for line in ("Type=oneshot", "RemainAfterExit=yes", "ExecStart=/etc/rc.d/rc.M start",
+                 "ExecStop=/etc/rc.d/rc.M stop", "After=network-online.target",
+                 "WantedBy=multi-user.target"):
+        assert line in unit
+    setup = (GUEST / "setup.sh").read_text()
+    for u in ("apache2.service", "apache-htcacheclean.service", "postfix.service",
+              "postfix@-.service", "saslauthd.service", "docker.service", "docker.socket",
+              "containerd.service", "dnsmasq.service"):
+        assert u in setup, f"setup.sh does not mask {u}"
+    rcm = (RC_D / "rc.M").read_text()
+    assert "dnsmasq saslauthd postfix pebble httpd docker" in rcm
+    dhc = (OVERLAY / "etc" / "dhcp" / "dhclient.conf").read_text()
+    assert "supersede domain-name-servers 127.0.0.1;" in dhc
+
+
+# ---------------------------------------------------------------- rc.M ordering
+def _fake_rc_dir(tmp_path: Path, failing: str = "", disabled: str = "") -> Path:
+    d = tmp_path / "rc.d"
+    d.mkdir()
+    log = tmp_path / "calls.log"
+    for s in SERVICES:
+        p = d / f"rc.{s}"
+        rcode = 1 if s == failing else 0
+        p.write_text(f"#!/bin/sh\necho \"{s} $1\" >> {log}\nexit {rcode}\n")
+        p.chmod(0o644 if s == disabled else 0o755)
+    shutil.copy(RC_D / "rc.M", d / "rc.M")
+    return d
+
+
+def test_rc_m_order_and_reverse(tmp_path: Path):
+    d = _fake_rc_dir(tmp_path, disabled="docker")
+    env = {**os.environ, "RC_DIR": str(d)}
+    r = subprocess.run([str(d / "rc.M"), "start"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([str(d / "rc.M"), "stop"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    calls = (tmp_path / "calls.log").read_text().split("\n")
+    order = ["dnsmasq", "saslauthd", "postfix", "pebble", "httpd"]
+    assert calls[:5] == [f"{s} start" for s in order]
+    assert calls[5:10] == [f"{s} stop" for s in reversed(order)]
+    r = subprocess.run([str(d / "rc.M"), "list"], env=env, capture_output=True, text=True)
+    assert "docker disabled" in r.stdout and "httpd enabled" in r.stdout
+
+
+def test_rc_m_failure_does_not_stop_the_rest(tmp_path: Path):
+    d = _fake_rc_dir(tmp_path, failing="postfix")
+    env = {**os.environ, "RC_DIR": str(d)}
+    r = subprocess.run([str(d / "rc.M"), "start"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0
+    assert "postfix" in r.stderr and "FAILED" in r.stderr
+    calls = (tmp_path / "calls.log").read_text().split()
+    assert "docker" in calls  # services after the failed one still started
+    r = subprocess.run([str(d / "rc.M"), "start"], env={**env, "RC_M_STRICT": "1"},
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+
+
+# ---------------------------------------------------------------- dnsmasq
+def dns_query(port: int, name: str, timeout: float = 2.0) -> list[str]:
+    """Minimal DNS A query to 127.0.0.1:port; returns the IPv4 answers."""
+    qid = random.randint(0, 0xFFFF)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    q += struct.pack(">HH", 1, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(q, ("127.0.0.1", port))
+        data, _ = s.recvfrom(4096)
+    _, flags, qd, an, _, _ = struct.unpack(">HHHHHH", data[:12])
+    off = 12
+    for _ in range(qd):  # skip question
+        while data[off]:
+            off += data[off] + 1
+        off += 5
+    answers = []
+    for _ in range(an):
+        if data[off] & 0xC0 == 0xC0:
+            off += 2
+        else:
+            while data[off]:
+                off += data[off] + 1
+            off += 1
+        rtype, _, _, rdlen = struct.unpack(">HHIH", data[off:off + 10])
+        off += 10
+        if rtype == 1:
+            answers.append(socket.inet_ntoa(data[off:off + 4]))
+        off += rdlen
+    return answers
+
+
+@pytest.fixture
+def dnsmasq_env(pubtmp: Path):
+    tmp_path = pubtmp
+    need("/usr/sbin/dnsmasq")
+    port = free_port()
+    hosts = tmp_path / "hosts"
+    hosts.write_text("172.21.0.5    ente-museum ente-museum.ente.lan\n")
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text(f"port={port}\nlisten-address=127.0.0.1\nbind-interfaces\nno-resolv\n"
+                    f"no-hosts\naddn-hosts={hosts}\nlocal=/ente.lan/\n")
+    env = {"DNSMASQ_CONF": str(conf), "DNSMASQ_PIDFILE": str(tmp_path / "dnsmasq.pid"),
+           "_port": str(port), "_hosts": str(hosts)}
+    yield env
+    rc("rc.dnsmasq", "stop", env)
+
+
+@needs_root
+def test_rc_dnsmasq_lifecycle(dnsmasq_env):
+    env = dnsmasq_env
+    port = int(env["_port"])
+    assert_stopped("rc.dnsmasq", env, "dnsmasq")
+    r = rc("rc.dnsmasq", "start", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pid = assert_running("rc.dnsmasq", env, "dnsmasq")
+    assert dns_query(port, "ente-museum.ente.lan") == ["172.21.0.5"]
+    assert dns_query(port, "nosuch.ente.lan") == []
+    # start again: idempotent, same daemon
+    r = rc("rc.dnsmasq", "start", env)
+    assert r.returncode == 0 and "already running" in r.stdout
+    assert assert_running("rc.dnsmasq", env, "dnsmasq") == pid
+    # the article's "killall -HUP dnsmasq" (here: only our dnsmasq) re-reads hosts
+    with open(env["_hosts"], "a") as f:
+        f.write("172.21.0.6    ente-web.ente.lan\n")
+    os.kill(pid, signal.SIGHUP)
+    time.sleep(0.5)
+    assert dns_query(port, "ente-web.ente.lan") == ["172.21.0.6"]
+    assert assert_running("rc.dnsmasq", env, "dnsmasq") == pid
+    with open(env["_hosts"], "a") as f:
+        f.write("172.21.0.7    ente-cli.ente.lan\n")
+    r = rc("rc.dnsmasq", "reload", env)
+    assert r.returncode == 0, r.stderr
+    time.sleep(0.5)
+    assert dns_query(port, "ente-cli.ente.lan") == ["172.21.0.7"]
+    assert assert_running("rc.dnsmasq", env, "dnsmasq") == pid
+    # restart gives a new daemon
+    r = rc("rc.dnsmasq", "restart", env)
+    assert r.returncode == 0, r.stderr
+    pid2 = assert_running("rc.dnsmasq", env, "dnsmasq")
+    assert pid2 != pid and not alive(pid)
+    r = rc("rc.dnsmasq", "stop", env)
+    assert r.returncode == 0, r.stderr
+    assert not alive(pid2)
+    assert_stopped("rc.dnsmasq", env, "dnsmasq")
+    assert rc("rc.dnsmasq", "stop", env).returncode == 0  # idempotent
+    assert rc("rc.dnsmasq", "reload", env).returncode == 1  # nothing to reload
+
+
+@needs_root
+def test_rc_dnsmasq_refuses_broken_config(dnsmasq_env):
+    Path(dnsmasq_env["DNSMASQ_CONF"]).write_text("no-such-option=1\n")
+    r = rc("rc.dnsmasq", "start", dnsmasq_env)
+    assert r.returncode == 1
+    assert "dnsmasq --test" in r.stderr
+    assert_stopped("rc.dnsmasq", dnsmasq_env, "dnsmasq")
+
+
+# ---------------------------------------------------------------- saslauthd
+@needs_root
+def test_rc_saslauthd_lifecycle(pubtmp: Path):
+    tmp_path = pubtmp
+    need("/usr/sbin/saslauthd", "testsaslauthd")
+    rundir = tmp_path / "saslauthd"
+    env = {"SASLAUTHD_RUNDIR": str(rundir)}
+    try:
+        assert_stopped("rc.saslauthd", env, "saslauthd")
+        r = rc("rc.saslauthd", "start", env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        pid = assert_running("rc.saslauthd", env, "saslauthd")
+        st = rundir.stat()
+        assert oct(st.st_mode & 0o7777) == "0o710"
+        import grp
+        assert grp.getgrgid(st.st_gid).gr_name == "sasl"
+        assert (rundir / "mux").is_socket()
+        t = subprocess.run(["testsaslauthd", "-f", str(rundir / "mux"), "-u",
+                            "nosuchuser-entelab", "-p", "x", "-s", "smtp"],
+                           capture_output=True, text=True, timeout=30)
+        assert 'NO "authentication failed"' in t.stdout  # daemon answered
+        assert rc("rc.saslauthd", "start", env).returncode == 0
+        assert assert_running("rc.saslauthd", env, "saslauthd") == pid
+        assert rc("rc.saslauthd", "reload", env).returncode == 0
+        r = rc("rc.saslauthd", "restart", env)
+        assert r.returncode == 0, r.stderr
+        pid2 = assert_running("rc.saslauthd", env, "saslauthd")
+        assert pid2 != pid
+        r = rc("rc.saslauthd", "stop", env)
+        assert r.returncode == 0
+        assert not alive(pid2)
+        assert_stopped("rc.saslauthd", env, "saslauthd")
+        assert rc("rc.saslauthd", "stop", env).returncode == 0
+    finally:
+        rc("rc.saslauthd", "stop", env)
+
+
+# ---------------------------------------------------------------- postfix
+@needs_root
+def test_rc_postfix_lifecycle(pubtmp: Path):
+    tmp_path = pubtmp
+    need("/usr/sbin/postfix")
+    base = tmp_path / "pf"
+    (base / "etc").mkdir(parents=True)
+    (base / "spool").mkdir()
+    (base / "data").mkdir()
+    base.chmod(0o755)
+    shutil.chown(base / "data", "postfix")
+    port = free_port()
+    maillog = base / "maillog"
+    (base / "etc" / "main.cf").write_text(
+        "compatibility_level = 3.6\n"
+        f"queue_directory = {base}/spool\ndata_directory = {base}/data\n"
+        "inet_interfaces = 127.0.0.1\ninet_protocols = ipv4\n"
+        "myhostname = rctest.localdomain\nmydestination =\n"
+        f"maillog_file = {maillog}\nmaillog_file_prefixes = /var, /dev/stdout, {base}\n")
+    master = Path("/etc/postfix/master.cf").read_text().splitlines()
+    master = [f"127.0.0.1:{port} inet n - n - - smtpd" if ln.startswith("smtp ") and " inet " in ln
+              else ln for ln in master]
+    (base / "etc" / "master.cf").write_text("\n".join(master) + "\n")
+    env = {"POSTFIX_CONFDIR": str(base / "etc")}
+    try:
+        assert_stopped("rc.postfix", env, "postfix")
+        r = rc("rc.postfix", "start", env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        pid = assert_running("rc.postfix", env, "postfix")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            assert s.recv(200).startswith(b"220 rctest.localdomain ESMTP")
+        assert rc("rc.postfix", "start", env).returncode == 0
+        r = rc("rc.postfix", "reload", env)
+        assert r.returncode == 0, r.stderr
+        assert assert_running("rc.postfix", env, "postfix") == pid
+        assert "reload" in maillog.read_text()
+        # a broken main.cf: reload refused, the running master keeps serving
+        good = (base / "etc" / "main.cf").read_text()
+        (base / "etc" / "main.cf").write_text(good + "maillog_file = /nonexistent/x\n")
+        r = rc("rc.postfix", "reload", env)
+        assert r.returncode == 1 and "postfix check" in r.stderr
+        assert assert_running("rc.postfix", env, "postfix") == pid
+        (base / "etc" / "main.cf").write_text(good)
+        r = rc("rc.postfix", "restart", env)
+        assert r.returncode == 0, r.stderr
+        pid2 = assert_running("rc.postfix", env, "postfix")
+        assert pid2 != pid
+        r = rc("rc.postfix", "stop", env)
+        assert r.returncode == 0, r.stderr
+        assert not alive(pid2)
+        assert_stopped("rc.postfix", env, "postfix")
+        assert rc("rc.postfix", "stop", env).returncode == 0
+    finally:
+        rc("rc.postfix", "stop", env)
+
+
+# ---------------------------------------------------------------- httpd
+@needs_root
+def test_rc_httpd_lifecycle(pubtmp: Path):
+    tmp_path = pubtmp
+    need("/usr/sbin/apachectl", "/usr/sbin/apache2")
+    conf = tmp_path / "apache2"
+    shutil.copytree("/etc/apache2", conf, symlinks=True)
+    for p in (conf / "sites-enabled").iterdir():
+        p.unlink()
+    port = free_port()
+    (conf / "ports.conf").write_text(f"Listen 127.0.0.1:{port}\n")
+    (tmp_path / "log").mkdir()
+    (conf / "envvars").write_text(
+        "unset HOME\nexport APACHE_RUN_USER=www-data\nexport APACHE_RUN_GROUP=www-data\n"
+        f"export APACHE_PID_FILE={tmp_path}/run/apache2.pid\nexport APACHE_RUN_DIR={tmp_path}/run\n"
+        f"export APACHE_LOCK_DIR={tmp_path}/lock\nexport APACHE_LOG_DIR={tmp_path}/log\n"
+        "export LANG=C\n")
+    with open(conf / "apache2.conf", "a") as f:
+        f.write("ServerName rctest.localhost\n")
+    env = {"APACHE_CONFDIR": str(conf)}
+    try:
+        assert_stopped("rc.httpd", env, "httpd")
+        r = rc("rc.httpd", "start", env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        pid = assert_running("rc.httpd", env, "httpd")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().status in (200, 403, 404)
+        conn.close()
+        assert rc("rc.httpd", "start", env).returncode == 0
+        r = rc("rc.httpd", "reload", env)
+        assert r.returncode == 0, r.stderr
+        # the article's command, verbatim
+        g = subprocess.run(["/usr/sbin/apachectl", "-k", "graceful"], capture_output=True,
+                           text=True, env={**os.environ, **env}, timeout=60)
+        assert g.returncode == 0, g.stderr
+        time.sleep(0.5)
+        assert assert_running("rc.httpd", env, "httpd") == pid
+        # broken config: reload and restart refuse, Apache keeps serving
+        with open(conf / "apache2.conf", "a") as f:
+            f.write("ThisIsNotADirective on\n")
+        r = rc("rc.httpd", "reload", env)
+        assert r.returncode == 1 and "configtest failed" in r.stderr
+        r = rc("rc.httpd", "restart", env)
+        assert r.returncode == 1
+        assert assert_running("rc.httpd", env, "httpd") == pid
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        text = (conf / "apache2.conf").read_text().replace("ThisIsNotADirective on\n", "")
+        (conf / "apache2.conf").write_text(text)
+        r = rc("rc.httpd", "restart", env)
+        assert r.returncode == 0, r.stderr
+        r = rc("rc.httpd", "stop", env)
+        assert r.returncode == 0, r.stderr
+        assert not alive(pid)
+        assert_stopped("rc.httpd", env, "httpd")
+        assert rc("rc.httpd", "stop", env).returncode == 0
+    finally:
+        rc("rc.httpd", "stop", env)
+
+
+# ---------------------------------------------------------------- pebble
+@needs_root
+def test_rc_pebble_lifecycle(pubtmp: Path):
+    tmp_path = pubtmp
+    need("/usr/bin/pebble", "openssl", "curl")
+    env = {
+        "PEBBLE_DIR": str(tmp_path / "etc-pebble"),
+        "PEBBLE_LISTEN": f"127.0.0.1:{free_port()}",
+        "PEBBLE_MGMT": f"127.0.0.1:{free_port()}",
+        "PEBBLE_PIDFILE": str(tmp_path / "pebble.pid"),
+        "PEBBLE_LOG": str(tmp_path / "pebble.log"),
+        "ENTE_LAB_DIR": str(tmp_path / "ente-lab"),
+        "PEBBLE_MARKER": str(tmp_path / "run" / "pebble.started"),
+        "PEBBLE_TRUST_CRT": "",  # never touch this host's trust store
+        "PEBBLE_DEFAULTS": "/nonexistent",
+    }
+    lab = tmp_path / "ente-lab"
+    marker = Path(env["PEBBLE_MARKER"])
+    try:
+        assert_stopped("rc.pebble", env, "pebble")
+        r = rc("rc.pebble", "start", env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        pid = assert_running("rc.pebble", env, "pebble")
+        for f in ("acme-root.pem", "acme-intermediate.pem", "pebble-tls-ca.pem"):
+            assert (lab / f).read_text().startswith("-----BEGIN CERTIFICATE-----"), f
+        cfg = (tmp_path / "etc-pebble" / "pebble-config.json").read_text()
+        assert env["PEBBLE_LISTEN"] in cfg and '"httpPort": 80' in cfg
+        m1 = dict(line.split("=", 1) for line in marker.read_text().split())
+        assert m1["pid"] == str(pid) and int(m1["started"]) > 0
+        # the ACME directory answers with pebble's TLS CA (what dehydrated's CURL_OPTS uses)
+        ctx = ssl.create_default_context(cafile=str(lab / "pebble-tls-ca.pem"))
+        host, port = env["PEBBLE_LISTEN"].split(":")
+        for name in ("127.0.0.1", "localhost"):
+            with urllib.request.urlopen(f"https://{name}:{port}/dir", context=ctx,
+                                        timeout=10) as resp:
+                assert b"newAccount" in resp.read()
+        root1 = (lab / "acme-root.pem").read_text()
+        # the published root is the one pebble serves
+        mgmt = env["PEBBLE_MGMT"].split(":")[1]
+        with urllib.request.urlopen(f"https://127.0.0.1:{mgmt}/roots/0", context=ctx,
+                                    timeout=10) as resp:
+            assert resp.read().decode().strip() == root1.strip()
+        assert rc("rc.pebble", "reload", env).returncode == 0
+        assert (lab / "acme-root.pem").read_text() == root1
+        # restart: new root, republished; new marker
+        time.sleep(1.1)
+        r = rc("rc.pebble", "restart", env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        pid2 = assert_running("rc.pebble", env, "pebble")
+        assert pid2 != pid
+        assert (lab / "acme-root.pem").read_text() != root1
+        m2 = dict(line.split("=", 1) for line in marker.read_text().split())
+        assert m2["pid"] == str(pid2) and m2["root_sha256"] != m1["root_sha256"]
+        assert int(m2["started"]) > int(m1["started"])
+        r = rc("rc.pebble", "stop", env)
+        assert r.returncode == 0
+        assert not alive(pid2)
+        assert not marker.exists()
+        assert_stopped("rc.pebble", env, "pebble")
+        assert rc("rc.pebble", "stop", env).returncode == 0
+    finally:
+        rc("rc.pebble", "stop", env)
+
+
+# ---------------------------------------------------------------- docker
+@needs_root
+def test_rc_docker_lifecycle(pubtmp: Path):
+    tmp_path = pubtmp
+    """Only where dockerd is installed (the guest always has it)."""
+    need("/usr/bin/dockerd", "docker")
+    sock = tmp_path / "docker.sock"
+    opts = (f"--iptables=false --ip-masq=false --bridge=none --data-root={tmp_path}/data "
+            f"--exec-root={tmp_path}/exec -H unix://{sock}")
+    env = {"DOCKER_OPTS": opts, "DOCKER_PIDFILE": str(tmp_path / "docker.pid"),
+           "DOCKER_LOG": str(tmp_path / "docker.log"), "DOCKER_HOST": f"unix://{sock}",
+           "DOCKER_DEFAULTS": "/nonexistent"}
+    try:
+        assert_stopped("rc.docker", env, "dockerd")
+        r = rc("rc.docker", "start", env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr + (tmp_path / "docker.log").read_text()
+        pid = assert_running("rc.docker", env, "dockerd")
+        assert rc("rc.docker", "reload", env).returncode == 0
+        assert assert_running("rc.docker", env, "dockerd") == pid
+        r = rc("rc.docker", "stop", env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert not alive(pid)
+        assert_stopped("rc.docker", env, "dockerd")
+    finally:
+        rc("rc.docker", "stop", env, timeout=300)
+        subprocess.run(["umount", f"{tmp_path}/exec/netns/default"], capture_output=True)
