@@ -533,7 +533,7 @@ def test_rc_pebble_lifecycle(pubtmp: Path):
 def test_rc_docker_lifecycle(pubtmp: Path):
     tmp_path = pubtmp
     """Only where dockerd is installed (the guest always has it)."""
-    need("/usr/bin/dockerd", "docker")
+    need("dockerd", "docker")
     sock = tmp_path / "docker.sock"
     opts = (f"--iptables=false --ip-masq=false --bridge=none --data-root={tmp_path}/data "
             f"--exec-root={tmp_path}/exec -H unix://{sock}")
