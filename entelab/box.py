@@ -22,7 +22,6 @@ from pathlib import Path
 from .progress import StageFailed, info, run_logged, stage, warn
 from .state import LabPaths, ensure_dirs
 
-BOX_NAME = "entelab/debian12"
 SUITE = "bookworm"
 MIRRORS = [
     "deb http://deb.debian.org/debian bookworm main",
@@ -45,6 +44,15 @@ DEBCONF = [
     "postfix postfix/mailname string localhost.localdomain",
 ]
 IMAGE_SIZE = "12G"
+
+
+def box_name(p: LabPaths) -> str:
+    """The Vagrant box name: the ``box`` key render writes, else ente-lab/debian12-<lab_id>."""
+    try:
+        name = json.loads(p.vagrant_json.read_text()).get("box")
+    except (OSError, ValueError):
+        name = None
+    return name or f"ente-lab/debian12-{p.lab_id}"
 
 
 def box_dir(root: Path) -> Path:
@@ -145,14 +153,14 @@ def build_image(p: LabPaths, out: Path) -> None:
 def box_listed(p: LabPaths) -> bool:
     out = subprocess.run(["vagrant", "box", "list", "--machine-readable"], env=vagrant_env(p),
                          capture_output=True, text=True)
-    return f",box-name,{BOX_NAME}" in out.stdout
+    return f",box-name,{box_name(p)}" in out.stdout
 
 
 def base_volumes(p: LabPaths) -> list[str]:
     """Base volumes vagrant-libvirt made from this box in the lab's pool."""
     out = subprocess.run(["virsh", "-c", "qemu:///system", "vol-list", "--pool", p.lab_id],
                          capture_output=True, text=True)
-    stem = BOX_NAME.replace("/", "-VAGRANTSLASH-")
+    stem = box_name(p).replace("/", "-VAGRANTSLASH-")
     return [line.split()[0] for line in out.stdout.splitlines()[2:]
             if line.split() and line.split()[0].startswith(stem + "_vagrant_box_image")]
 
@@ -168,6 +176,7 @@ def build(paths: LabPaths, force: bool = False, vm_exists: bool | None = None) -
     """Build (if needed) and add the box; returns the recipe hash."""
     from . import vm  # pool handling lives with the VM
 
+    name = box_name(paths)
     ensure_dirs(paths)
     log = paths.logs / "box-build.log"
     digest = recipe_hash(paths.root)
@@ -186,7 +195,7 @@ def build(paths: LabPaths, force: bool = False, vm_exists: bool | None = None) -
     with stage("box add", log=log, hint="read the log; try `vagrant box list` with VAGRANT_HOME set"):
         listed = box_listed(paths)
         if listed and _installed_hash(paths) == digest and not force:
-            info(f"  {BOX_NAME} already added")
+            info(f"  {name} already added")
             return digest
         vm.ensure_pool(paths)
         if vm_exists is None:
@@ -196,13 +205,13 @@ def build(paths: LabPaths, force: bool = False, vm_exists: bool | None = None) -
                  f"`invoke lab.destroy` (new box cached at {out})")
             return digest
         if listed:
-            run_logged(["vagrant", "box", "remove", "--force", "--all", BOX_NAME], log,
+            run_logged(["vagrant", "box", "remove", "--force", "--all", name], log,
                        env=vagrant_env(paths))
         for vol in base_volumes(paths):
             run_logged(["virsh", "-c", "qemu:///system", "vol-delete", "--pool", paths.lab_id, vol],
                        log)
-        run_logged(["vagrant", "box", "add", "--force", "--name", BOX_NAME, out], log,
+        run_logged(["vagrant", "box", "add", "--force", "--name", name, out], log,
                    env=vagrant_env(paths))
-        installed_file(paths).write_text(json.dumps({"hash": digest, "box": BOX_NAME,
+        installed_file(paths).write_text(json.dumps({"hash": digest, "box": name,
                                                      "file": str(out)}) + "\n")
     return digest

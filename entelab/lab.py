@@ -1,0 +1,61 @@
+"""The lab as a whole: bring it up stage by stage, and show its status."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from . import accel, host, vm
+from . import box as boxmod
+from .progress import console, stage
+from .state import LabPaths, ensure_dirs
+
+
+def vagrant_settings(paths: LabPaths, settings) -> dict:
+    """What the Vagrantfile reads from build/vagrant.json."""
+    v = settings.vm
+    return {"lab_id": paths.lab_id, "state_dir": str(paths.home), "hostname": v.hostname,
+            "memory": v.memory, "cpus": v.cpus, "accel": v.accel, "provider": v.provider,
+            "management_network": v.management_network, "box": boxmod.box_name(paths)}
+
+
+def write_vagrant_json(paths: LabPaths, settings) -> Path:
+    """Fallback for when entelab.render is not there: write build/vagrant.json only."""
+    paths.build.mkdir(parents=True, exist_ok=True)
+    paths.vagrant_json.write_text(json.dumps(vagrant_settings(paths, settings), indent=2) + "\n")
+    return paths.vagrant_json
+
+
+def render(paths: LabPaths, settings) -> None:
+    with stage("render"):
+        if importlib.util.find_spec("entelab.render") is not None:
+            from . import render as r
+            r.render_lab(paths, settings)
+        if not paths.vagrant_json.exists():
+            write_vagrant_json(paths, settings)
+
+
+def up(paths: LabPaths, settings) -> None:
+    ensure_dirs(paths)
+    host.prepare(paths)
+    render(paths, settings)
+    boxmod.build(paths)
+    if settings.vm.accel == "auto":
+        accel.probe(paths)
+    vm.up(paths)
+
+
+def status(paths: LabPaths) -> None:
+    st = vm.state(paths)
+    table = Table(title=f"ente-lab {paths.lab_id}", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("state", st["state"])
+    table.add_row("provider", st["provider"])
+    table.add_row("acceleration", st["accel"])
+    table.add_row("address", st["address"] or "-")
+    table.add_row("state dir", str(paths.home))
+    console.print(table)

@@ -1,0 +1,131 @@
+"""Lab state dir, lab id, host facts and the acceleration choice (no VM, no root changes)."""
+
+from __future__ import annotations
+
+import re
+import stat
+from pathlib import Path
+
+from entelab import accel, host, state, vm
+
+
+def test_lab_id_is_stable_per_checkout_and_differs_between_checkouts(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    assert state.lab_id(a) == state.lab_id(a)
+    assert state.lab_id(a) != state.lab_id(b)
+    assert re.fullmatch(r"entelab-[0-9a-f]{8}", state.lab_id(a))
+    # a symlinked path to the same checkout is the same lab
+    (tmp_path / "link").symlink_to(a)
+    assert state.lab_id(tmp_path / "link") == state.lab_id(a)
+
+
+def test_state_dir_default_and_override(tmp_path, monkeypatch):
+    monkeypatch.delenv("ENTE_LAB_HOME", raising=False)
+    p = state.paths(tmp_path)
+    assert p.home == state.STATE_BASE / p.lab_id
+    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "elsewhere"))
+    p = state.paths(tmp_path)
+    assert p.home == tmp_path / "elsewhere"
+    assert p.vagrant_home == p.home / "vagrant.d" and p.pool == p.home / "pool"
+
+
+def test_ensure_dirs_makes_tree_traversable(tmp_path, monkeypatch):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv("ENTE_LAB_HOME", str(private / "lab"))
+    p = state.paths(tmp_path)
+    state.ensure_dirs(p)
+    for d in (p.vagrant_home, p.pool, p.run, p.logs, p.box_cache):
+        assert d.is_dir()
+    assert private.stat().st_mode & stat.S_IXOTH, "libvirt-qemu must traverse every parent"
+    assert p.home.stat().st_mode & stat.S_IXOTH
+
+
+def test_libvirt_object_names_carry_lab_id(tmp_path):
+    p = state.paths(tmp_path)
+    assert vm.domain_name(p).startswith(p.lab_id + "_")
+    assert vm.network_name(p) == p.lab_id + "-mgmt"
+
+
+def test_debian_detection(tmp_path):
+    deb = tmp_path / "deb"
+    deb.write_text('PRETTY_NAME="Debian GNU/Linux 12"\nID=debian\n')
+    ubu = tmp_path / "ubu"
+    ubu.write_text('ID=ubuntu\nID_LIKE=debian\n')
+    mint = tmp_path / "mint"
+    mint.write_text('ID=linuxmint\nID_LIKE="ubuntu debian"\n')
+    fed = tmp_path / "fed"
+    fed.write_text('ID=fedora\n')
+    assert host.is_debian_like(deb) and host.is_debian_like(ubu) and host.is_debian_like(mint)
+    assert not host.is_debian_like(fed)
+
+
+def test_missing_packages_reports_unknown_package():
+    assert host.missing_packages(["ente-lab-no-such-package"]) == ["ente-lab-no-such-package"]
+    assert host.missing_packages(["dpkg"]) == []
+
+
+def test_other_systems_message_names_every_tool():
+    for tool in ("qemu", "libvirt", "dnsmasq", "vagrant-libvirt", "mmdebstrap", "iptables"):
+        assert tool in host.OTHER_SYSTEMS
+
+
+def test_restore_without_record_touches_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "lab"))
+    p = state.paths(tmp_path)
+    state.ensure_dirs(p)
+    stopped = []
+    monkeypatch.setattr(host, "_stop_pid", lambda pid, name, timeout=20: stopped.append(pid))
+    host.restore(p)
+    assert stopped == []
+
+
+def test_accel_env_overrides_cache_and_probe(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "lab"))
+    p = state.paths(tmp_path)
+    state.ensure_dirs(p)
+    booted = []
+    monkeypatch.setattr(accel, "trial_boot", lambda *a, **k: booted.append(a) or True)
+    accel.cache_file(p).write_text("qemu\n")
+    monkeypatch.setenv(accel.ENV, "kvm")
+    assert accel.probe(p) == "kvm"
+    monkeypatch.delenv(accel.ENV)
+    assert accel.probe(p) == "qemu", "the cached answer is used"
+    assert booted == [], "neither the override nor the cache may boot anything"
+    assert vm.read_accel(p).startswith("qemu")
+
+
+def test_accel_probe_result_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "lab"))
+    monkeypatch.delenv(accel.ENV, raising=False)
+    p = state.paths(tmp_path)
+    state.ensure_dirs(p)
+    (tmp_path / "vmlinuz").write_text("k")
+    (tmp_path / "initrd.img").write_text("i")
+    monkeypatch.setattr(accel, "kvm_device_usable", lambda: True)
+    monkeypatch.setattr(accel, "_kernel_and_initrd",
+                        lambda _p: (tmp_path / "vmlinuz", tmp_path / "initrd.img"))
+    calls = []
+    monkeypatch.setattr(accel, "trial_boot", lambda *a, **k: calls.append(k["accel"]) or False)
+    assert accel.probe(p) == "qemu"
+    assert accel.cache_file(p).read_text().strip() == "qemu"
+    assert accel.probe(p) == "qemu"
+    assert calls == ["kvm"], "one trial boot, then the cache"
+    monkeypatch.setattr(accel, "trial_boot", lambda *a, **k: True)
+    assert accel.probe(p, refresh=True) == "kvm"
+
+
+def test_trial_boot_sees_marker_and_times_out(tmp_path, monkeypatch):
+    """The real reader loop, with a fake 'qemu' that prints (or never prints) the marker."""
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text('#!/bin/sh\necho "[ 1.0] Linux version"\n'
+                    'if [ "$2" = kvm ]; then sleep 30; fi\necho "[ 2.0] Run /init as init process"\n'
+                    'sleep 30\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    assert accel.trial_boot(Path("k"), Path("i"), accel="tcg", timeout=10) is True
+    log = tmp_path / "probe.log"
+    assert accel.trial_boot(Path("k"), Path("i"), accel="kvm", timeout=1.5, log=log) is False
+    assert "Linux version" in log.read_text()

@@ -1,0 +1,86 @@
+"""The lab VM as later stages need it: reachable over SSH, sudo, baked packages, a disk
+that survives a halt."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from entelab import connection, vm
+
+pytestmark = pytest.mark.vm
+
+
+def test_commands_run(conn):
+    out = conn.run("uname -sr; cat /etc/debian_version; id -un", hide=True)
+    lines = out.stdout.split("\n")
+    assert lines[0].startswith("Linux 6.1")
+    assert lines[1].startswith("12.")
+    assert lines[2] == "vagrant"
+
+
+def test_command_failure_is_reported(conn):
+    res = conn.run("exit 3", warn=True, hide=True)
+    assert res.exited == 3
+
+
+def test_sudo_without_password(conn):
+    assert conn.run("sudo -n true", warn=True, hide=True).ok
+    assert conn.run("sudo -n id -u", hide=True).stdout.strip() == "0"
+
+
+def test_hostname_from_settings(conn):
+    import json
+
+    from entelab.state import paths
+    expected = json.loads(paths().vagrant_json.read_text())["hostname"]
+    assert conn.run("hostname", hide=True).stdout.strip() == expected
+
+
+@pytest.mark.parametrize("cmd, expect", [
+    ("/usr/sbin/apache2ctl -v", "Apache/2.4"),
+    ("/usr/sbin/postconf -h mail_version", "3.7"),
+    ("docker --version", "Docker version 20.10"),
+    ("docker-compose --version", "1.29"),
+    ("sudo -n dehydrated --version", "Dehydrated version: 0.7"),
+    ("dpkg-query -W -f='${Version}' pebble", "2.4"),
+    ("swaks --version", "swaks version"),
+    ("openssl version", "OpenSSL 3.0"),
+    ("curl --version", "curl 7.88"),
+    ("python3 --version", "Python 3.11"),
+    ("/usr/sbin/saslauthd -v 2>&1", "saslauthd"),
+    ("/usr/sbin/dnsmasq --version", "Dnsmasq version"),
+    ("dig -v 2>&1", "DiG 9."),
+])
+def test_baked_package_runs(conn, cmd, expect):
+    res = conn.run(cmd, warn=True, hide=True)
+    assert expect in res.stdout + res.stderr, f"{cmd!r} printed {res.stdout!r} {res.stderr!r}"
+
+
+def test_apparmor_and_docker_daemon(conn):
+    # Docker in the guest refuses containers without AppArmor in the image
+    assert conn.run("test -d /sys/kernel/security/apparmor || test -x /sbin/apparmor_parser",
+                    warn=True, hide=True).ok
+    res = conn.run("sudo -n docker info --format '{{.ServerVersion}}'", warn=True, hide=True)
+    assert res.ok and res.stdout.strip().startswith("20.10"), res.stderr
+
+
+def test_root_on_virtio_disk_with_room(conn):
+    out = conn.run("findmnt -n -o SOURCE,FSTYPE /; df -BG --output=size / | tail -1",
+                   hide=True).stdout.split("\n")
+    assert out[0].split() == ["/dev/vda", "ext4"]
+    assert int(out[1].strip().rstrip("G")) >= 10
+
+
+def test_disk_survives_halt_and_up(conn, lab_paths):
+    token = uuid.uuid4().hex
+    conn.run(f"echo {token} > ~/persist-check && sync", hide=True)
+    conn.close()
+    vm.down(lab_paths)
+    assert vm.domain_state(lab_paths) == "shut off"
+    vm.up(lab_paths)
+    assert vm.domain_state(lab_paths) == "running"
+    with connection.connect(lab_paths, refresh=True) as c2:
+        assert c2.run("cat ~/persist-check", hide=True).stdout.strip() == token
+    # the session connection reconnects lazily for any later test
