@@ -35,7 +35,7 @@ SERVICES = ["dnsmasq", "saslauthd", "postfix", "pebble", "httpd", "docker"]
 
 SHELL_FILES = sorted(
     [p for p in RC_D.glob("rc.*")]
-    + [RC_FUNCTIONS, GUEST / "setup.sh",
+    + [RC_FUNCTIONS, GUEST / "setup.sh", GUEST / "chroot-smoke.sh",
        OVERLAY / "etc" / "dhcp" / "dhclient-enter-hooks.d" / "ente-lab-keep-resolv"]
 )
 
@@ -554,3 +554,18 @@ def test_rc_docker_lifecycle(pubtmp: Path):
     finally:
         rc("rc.docker", "stop", env, timeout=300)
         subprocess.run(["umount", f"{tmp_path}/exec/netns/default"], capture_output=True)
+
+
+# ---------------------------------------------------------------- whole layer in a guest rootfs
+@needs_root
+def test_chroot_smoke_in_guest_rootfs():
+    """provision/guest/chroot-smoke.sh against a guest rootfs (overlay copied, setup.sh
+    run), in private net/pid/mount namespaces. Set ENTE_LAB_GUEST_ROOTFS to such a tree
+    (e.g. the box builder's mmdebstrap directory) to run it."""
+    rootfs = os.environ.get("ENTE_LAB_GUEST_ROOTFS")
+    if not rootfs or not Path(rootfs, "etc/rc.d/rc.M").exists():
+        pytest.skip("ENTE_LAB_GUEST_ROOTFS not set to a prepared guest rootfs")
+    r = subprocess.run([str(GUEST / "chroot-smoke.sh"), rootfs], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "chroot-smoke: all checks passed" in r.stdout
