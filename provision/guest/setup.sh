@@ -32,6 +32,16 @@ RC_UNIT=rc-slackware.service
 UNIT_DIR=/etc/systemd/system
 
 # ------------------------------------------------------------------ overlay sanity
+# 'cp -a overlay/. /' also copies the modes/owners of the overlay's directories
+# onto existing system ones; a checkout made under a strict umask would leave
+# /etc or /usr 0700. Re-assert what Debian has.
+for d in /etc /etc/rc.d /etc/systemd /etc/systemd/system /etc/dhcp \
+    /etc/dhcp/dhclient-enter-hooks.d /usr /usr/local /usr/local/lib /usr/local/lib/ente-lab; do
+    if [ -d "$d" ]; then
+        chown root:root "$d"
+        chmod 0755 "$d"
+    fi
+done
 for f in $RC_SCRIPTS; do
     if [ ! -f "/etc/rc.d/$f" ]; then
         warn "/etc/rc.d/$f missing (was the overlay copied?)"
