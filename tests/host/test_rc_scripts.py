@@ -36,6 +36,7 @@ SERVICES = ["dnsmasq", "saslauthd", "postfix", "pebble", "httpd", "docker"]
 SHELL_FILES = sorted(
     [p for p in RC_D.glob("rc.*")]
     + [RC_FUNCTIONS, GUEST / "setup.sh", GUEST / "chroot-smoke.sh",
+       GUEST / "nspawn-boot-smoke.sh",
        OVERLAY / "etc" / "dhcp" / "dhclient-enter-hooks.d" / "ente-lab-keep-resolv"]
 )
 
@@ -569,3 +570,18 @@ def test_chroot_smoke_in_guest_rootfs():
                        text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "chroot-smoke: all checks passed" in r.stdout
+
+
+@needs_root
+def test_nspawn_boot_smoke_in_guest_rootfs():
+    """Boot a prepared guest rootfs with systemd as PID 1 (systemd-nspawn, private
+    network): rc-slackware.service starts all six at boot, units masked, nothing
+    failed, rc.M stops them in reverse at poweroff. Needs ENTE_LAB_GUEST_ROOTFS."""
+    rootfs = os.environ.get("ENTE_LAB_GUEST_ROOTFS")
+    if not rootfs or not Path(rootfs, "etc/systemd/system/rc-slackware.service").exists():
+        pytest.skip("ENTE_LAB_GUEST_ROOTFS not set to a prepared guest rootfs")
+    need("systemd-nspawn")
+    r = subprocess.run([str(GUEST / "nspawn-boot-smoke.sh"), rootfs], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "nspawn-boot-smoke: all checks passed" in r.stdout
