@@ -115,7 +115,7 @@ def daemon_running(name: str) -> bool:
 
 
 def libvirt_ready() -> bool:
-    return subprocess.run(["virsh", "-c", LIBVIRT_URI, "version"], capture_output=True,
+    return subprocess.run(["virsh", "-c", LIBVIRT_URI, "list", "--name"], capture_output=True,
                           timeout=30).returncode == 0
 
 
@@ -123,7 +123,7 @@ def wait_libvirt(timeout: float = 60) -> None:
     poll = retry(stop=stop_after_delay(timeout), wait=wait_fixed(0.5),
                  retry=retry_if_result(lambda ok: not ok), retry_error_callback=lambda s: False)
     if not poll(libvirt_ready)():
-        raise StageFailed(f"libvirt did not answer `virsh -c {LIBVIRT_URI} version` "
+        raise StageFailed(f"libvirt did not answer `virsh -c {LIBVIRT_URI} list` "
                           f"within {timeout:.0f}s")
 
 

@@ -19,7 +19,7 @@ def _pytest(paths: LabPaths, marker: str, k: str, tests: str) -> int:
     cmd = [sys.executable, "-m", "pytest", "-m", marker, tests]
     if k:
         cmd += ["-k", k]
-    info(f"$ {' '.join(cmd[1:])}")
+    info(f"$ pytest {' '.join(cmd[3:])}")
     env = dict(os.environ, ENTE_LAB_VM_UP="1") if marker == "vm" else None
     return subprocess.call(cmd, cwd=paths.root, env=env)
 

@@ -176,7 +176,7 @@ def destroy(paths: LabPaths, yes: bool = False) -> None:
             info("kept")
             return
     with stage("vagrant destroy", log=log_path(paths)):
-        if shutil.which("virsh") and virsh("version").returncode == 0:
+        if shutil.which("virsh") and virsh("uri").returncode == 0:
             _run_vagrant(paths, "destroy", "--force")
             _clean_leftovers(paths)
             net = network_name(paths)
@@ -235,7 +235,7 @@ def read_accel(p: LabPaths) -> str:
 
 
 def state(paths: LabPaths) -> dict:
-    dom = domain_state(paths) if shutil.which("virsh") and virsh("version").returncode == 0 \
+    dom = domain_state(paths) if shutil.which("virsh") and virsh("uri").returncode == 0 \
         else "libvirt not running"
     address = ""
     if dom == "running":
