@@ -205,26 +205,54 @@ def _reload(service: str, root: Path) -> tuple[bool, str]:
 
 
 def _apply_users(root: Path) -> tuple[bool, str]:
-    """users.conf lines: name:group:home:shell:comment:password-hash ('-' for none)."""
+    """Apply /etc/ente-lab/users.conf (format: templates/users/NOTES.md). Idempotent.
+
+    user:NAME:COMMENT:PRIMARY_GROUP:HOME:SHELL:CREATE_HOME:SYSTEM:PASSWORD_HASH
+    member:USER:GROUP
+    """
     conf = root / "etc/ente-lab/users.conf"
     if not conf.exists():
         return True, "no users.conf"
     out = []
+
+    def run(argv: list[str], stdin: str | None = None) -> int:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+        if proc.returncode:
+            out.append(f"{' '.join(argv[:2])}...: {proc.stderr.strip()}")
+        return proc.returncode
+
+    ok = True
     for line in conf.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
-        name, group, home, shell, comment, pwhash = (line.split(":", 5) + ["-"] * 6)[:6]
-        exists = _run(f"id -u {name}")[0] == 0
-        if not exists:
-            rc, o = _run(f"useradd -c '{comment}' -m -d {home} -g {group} -s {shell} {name}")
-            out.append(f"useradd {name}: {rc} {o}".strip())
-            if rc:
-                return False, "\n".join(out)
+        fields = line.split(":")
+        if fields[0] == "user" and len(fields) >= 9:
+            _, name, comment, group, home, shell, create_home, system = fields[:8]
+            pwhash = ":".join(fields[8:])
+            if group == name and subprocess.run(["getent", "group", group], capture_output=True).returncode:
+                ok &= run(["groupadd", "--system", group]) == 0
+            exists = subprocess.run(["id", "-u", name], capture_output=True).returncode == 0
+            if not exists:
+                argv = ["useradd", "-c", comment, "-g", group, "-d", home, "-s", shell]
+                argv += ["-m"] if create_home == "yes" else ["-M"]
+                argv += ["--system"] if system == "yes" else []
+                ok &= run(argv + [name]) == 0
+                out.append(f"created user {name}")
+            else:
+                ok &= run(["usermod", "-c", comment, "-g", group, "-d", home, "-s", shell, name]) == 0
+            if pwhash and pwhash != "!":
+                ok &= run(["chpasswd", "-e"], stdin=f"{name}:{pwhash}\n") == 0
+            elif pwhash == "!":
+                run(["usermod", "-L", name])
+        elif fields[0] == "member" and len(fields) == 3:
+            _, user, group = fields
+            groups = subprocess.run(["id", "-nG", user], capture_output=True, text=True).stdout.split()
+            if group not in groups:
+                ok &= run(["usermod", "-aG", group, user]) == 0
+                out.append(f"added {user} to {group}")
         else:
-            _run(f"usermod -c '{comment}' -d {home} -g {group} -s {shell} {name}")
-        if pwhash not in ("-", ""):
-            subprocess.run(["chpasswd", "-e"], input=f"{name}:{pwhash}\n", text=True, check=True)
-    return True, "\n".join(out) or "users up to date"
+            out.append(f"users.conf: ignored malformed line {line[:40]!r}")
+    return bool(ok), "\n".join(out) or "users up to date"
 
 
 def apply(bundle: Path, root: Path = Path("/"), reload: bool = True) -> dict:

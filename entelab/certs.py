@@ -93,7 +93,7 @@ def register_if_needed(conn, conf: DehydratedConf) -> bool:
     if started.strip() and started.strip() == registered.strip():
         return False
     sh(conn, f"install -d -o {conf.user} -m 0750 {conf.basedir}/accounts {conf.basedir}/certs "
-             f"{conf.basedir}/chains && install -d -o {conf.user} -m 0755 {conf.wellknown} && "
+             f"/var/lib/dehydrated/chains && install -d -o {conf.user} -m 0755 {conf.wellknown} && "
              f"rm -rf {conf.basedir}/accounts/* && "
              f"{conf.cmd('--register --accept-terms')} && "
              f"cp {PEBBLE_MARKER} {marker} && chown {conf.user} {marker}")

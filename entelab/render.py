@@ -121,6 +121,9 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
             problems += _entry_problems(entry, text, secrets, seen)
             rendered.append((entry, data))
         for link in spec.get("links", []):
+            when = link.get("when")
+            if when and not env.compile_expression(when)(**ctx):
+                continue
             dest = env.from_string(link["dest"]).render(**ctx)
             target = env.from_string(link["target"]).render(**ctx)
             entry = Entry(path=dest, mode="0777", owner="root", group="root", service=service,
