@@ -23,6 +23,7 @@ from .state import LabPaths
 
 PEBBLE_MARKER = "/run/ente-lab/pebble.started"
 GUEST_ROOT = "/etc/ente-lab/acme-root.pem"
+REFRESH = "/usr/local/sbin/ente-lab-acme-refresh"
 
 
 @dataclass
@@ -85,21 +86,6 @@ def ensure_pebble(conn) -> None:
     sh(conn, "/etc/rc.d/rc.pebble status >/dev/null 2>&1 || /etc/rc.d/rc.pebble start")
 
 
-def register_if_needed(conn, conf: DehydratedConf) -> bool:
-    """(Re-)register when pebble started after the last registration. True if it did."""
-    marker = f"{conf.basedir}/accounts/.ente-lab-pebble-start"
-    res = sh(conn, f"cat {PEBBLE_MARKER} 2>/dev/null; echo ---; cat {marker} 2>/dev/null", check=False)
-    started, _, registered = res.stdout.partition("---")
-    if started.strip() and started.strip() == registered.strip():
-        return False
-    sh(conn, f"install -d -o {conf.user} -m 0750 {conf.basedir}/accounts {conf.basedir}/certs "
-             f"/var/lib/dehydrated/chains && install -d -o {conf.user} -m 0755 {conf.wellknown} && "
-             f"rm -rf {conf.basedir}/accounts/* && "
-             f"{conf.cmd('--register --accept-terms')} && "
-             f"cp {PEBBLE_MARKER} {marker} && chown {conf.user} {marker}")
-    return True
-
-
 def publish_root(conn, paths: LabPaths) -> Path:
     """Copy the current pebble root to the host state dir (for host-side clients)."""
     dest = paths.home / "acme-root.pem"
@@ -110,11 +96,10 @@ def publish_root(conn, paths: LabPaths) -> Path:
 
 
 def issue_with(conn, paths: LabPaths, force: bool = False) -> str:
-    conf = dehydrated_conf(paths)
     ensure_pebble(conn)
-    fresh = register_if_needed(conn, conf)
-    # After a pebble restart the old certificate chains to a root that is gone: re-issue.
-    res = sh(conn, conf.cmd("--cron" + (" --force" if (force or fresh) else "")), check=False)
+    # The guest script re-registers (and re-issues) when pebble restarted since
+    # the last registration; rc.M runs the same script at every boot.
+    res = sh(conn, f"{REFRESH}{' --force' if force else ''} 2>&1", check=False)
     output = (res.stdout + res.stderr).strip()
     if res.exited != 0:
         raise StageFailed(f"dehydrated failed (exit {res.exited}):\n{output[-2500:]}\n"
