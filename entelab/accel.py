@@ -105,8 +105,13 @@ def probe(p: LabPaths, refresh: bool = False) -> str:
         return cache.read_text().strip()
     log = p.logs / "accel-probe.log"
     with stage("acceleration probe (one trial boot, at most 60 s)", log=log):
+        from .host import kvm_usable_by_qemu_user
+
         if not kvm_device_usable():
             result, why = "qemu", "/dev/kvm cannot be opened"
+        elif kvm_usable_by_qemu_user() is False:
+            result, why = "qemu", ("libvirt's QEMU user (libvirt-qemu) cannot open /dev/kvm "
+                                   "(add it to /dev/kvm's group with rw to use KVM)")
         else:
             files = _kernel_and_initrd(p)
             if files is None:

@@ -105,6 +105,7 @@ def test_accel_probe_result_is_cached(tmp_path, monkeypatch):
     (tmp_path / "vmlinuz").write_text("k")
     (tmp_path / "initrd.img").write_text("i")
     monkeypatch.setattr(accel, "kvm_device_usable", lambda: True)
+    monkeypatch.setattr(host, "kvm_usable_by_qemu_user", lambda: True)
     monkeypatch.setattr(accel, "_kernel_and_initrd",
                         lambda _p: (tmp_path / "vmlinuz", tmp_path / "initrd.img"))
     calls = []
@@ -129,3 +130,37 @@ def test_trial_boot_sees_marker_and_times_out(tmp_path, monkeypatch):
     log = tmp_path / "probe.log"
     assert accel.trial_boot(Path("k"), Path("i"), accel="kvm", timeout=1.5, log=log) is False
     assert "Linux version" in log.read_text()
+
+
+def test_kvm_access_for_qemu_user(tmp_path):
+    import grp
+    import os
+    import pwd
+    dev = tmp_path / "kvm"
+    assert host.kvm_usable_by_qemu_user(dev, "root") is None, "no device: no answer"
+    dev.write_text("")
+    me = pwd.getpwuid(os.getuid()).pw_name
+    dev.chmod(0o600)
+    assert host.kvm_usable_by_qemu_user(dev, me) is True
+    assert host.kvm_usable_by_qemu_user(dev, "ente-lab-no-such-user") is False
+    nobody = "nobody"
+    dev.chmod(0o660)
+    in_group = nobody in grp.getgrgid(dev.stat().st_gid).gr_mem
+    assert host.kvm_usable_by_qemu_user(dev, nobody) is in_group
+    dev.chmod(0o666)
+    assert host.kvm_usable_by_qemu_user(dev, nobody) is True
+
+
+def test_libvirtd_masks_kvm_only_when_qemu_user_cannot_use_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "lab"))
+    p = state.paths(tmp_path)
+    state.ensure_dirs(p)
+    pid = p.run / "libvirtd.pid"
+    monkeypatch.setattr(host, "kvm_usable_by_qemu_user", lambda: False)
+    cmd = host.daemon_command(p, "libvirtd", pid)
+    assert cmd[0] == "unshare" and "/dev/kvm" in cmd[6] and cmd[-2:] == ["-p", str(pid)]
+    assert (p.run / "kvm-masked").stat().st_mode & 0o777 == 0
+    assert host.daemon_command(p, "virtlogd", pid)[1:] == ["-d", "-p", str(pid)]
+    for usable in (True, None):
+        monkeypatch.setattr(host, "kvm_usable_by_qemu_user", lambda u=usable: u)
+        assert host.daemon_command(p, "libvirtd", pid)[0].endswith("libvirtd")

@@ -39,7 +39,7 @@ def test_hostname_from_settings(conn):
 
 
 @pytest.mark.parametrize("cmd, expect", [
-    ("/usr/sbin/apache2ctl -v", "Apache/2.4"),
+    ("sudo -n /usr/sbin/apache2ctl -v", "Apache/2.4"),
     ("/usr/sbin/postconf -h mail_version", "3.7"),
     ("docker --version", "Docker version 20.10"),
     ("docker-compose --version", "1.29"),
