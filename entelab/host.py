@@ -56,6 +56,7 @@ IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 KVM_DEVICE = Path("/dev/kvm")
 QEMU_USER = "libvirt-qemu"
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 
 
 # ------------------------------------------------------------------ facts
@@ -188,16 +189,24 @@ def daemon_command(p: LabPaths, name: str, pidfile: Path) -> list[str]:
     use it anyway: libvirt would otherwise see "KVM usable" disagree with its cached
     QEMU capabilities and re-probe QEMU on every API call (~8-17 s each here, about
     two minutes per `vagrant up`). The mask lives only in libvirtd's own mount
-    namespace; the host's /dev/kvm is not touched."""
+    namespace, together with a copy of qemu.conf that adds `namespaces = []` (libvirt
+    cannot move a masked /dev/kvm into a per-domain /dev); the host's /dev/kvm and
+    /etc/libvirt/qemu.conf are not touched."""
     exe = shutil.which(name) or f"/usr/sbin/{name}"
     cmd = [exe, "-d", "-p", str(pidfile)]
-    if name != "libvirtd" or kvm_usable_by_qemu_user() is not False or not shutil.which("unshare"):
+    if name != "libvirtd" or kvm_usable_by_qemu_user() is not False or not shutil.which("unshare") \
+            or not QEMU_CONF.exists():
         return cmd
     mask = p.run / "kvm-masked"
     mask.touch()
     mask.chmod(0)
+    conf = p.run / "qemu.conf"
+    conf.write_text(QEMU_CONF.read_text() + "\n# ente-lab: /dev/kvm is masked for libvirtd\n"
+                    "namespaces = []\n")
+    conf.chmod(0o600)
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            'mount --bind "$1" /dev/kvm && shift && exec "$@"', "sh", str(mask), *cmd]
+            'mount --bind "$1" /dev/kvm && mount --bind "$2" "$3" && shift 3 && exec "$@"',
+            "sh", str(mask), str(conf), str(QEMU_CONF), *cmd]
 
 
 def _start_daemon(p: LabPaths, name: str) -> int:

@@ -157,9 +157,14 @@ def test_libvirtd_masks_kvm_only_when_qemu_user_cannot_use_it(tmp_path, monkeypa
     state.ensure_dirs(p)
     pid = p.run / "libvirtd.pid"
     monkeypatch.setattr(host, "kvm_usable_by_qemu_user", lambda: False)
+    conf = tmp_path / "qemu.conf"
+    conf.write_text("# stock\n")
+    monkeypatch.setattr(host, "QEMU_CONF", conf)
     cmd = host.daemon_command(p, "libvirtd", pid)
     assert cmd[0] == "unshare" and "/dev/kvm" in cmd[6] and cmd[-2:] == ["-p", str(pid)]
     assert (p.run / "kvm-masked").stat().st_mode & 0o777 == 0
+    assert (p.run / "qemu.conf").read_text().rstrip().endswith("namespaces = []")
+    assert str(host.QEMU_CONF) in cmd
     assert host.daemon_command(p, "virtlogd", pid)[1:] == ["-d", "-p", str(pid)]
     for usable in (True, None):
         monkeypatch.setattr(host, "kvm_usable_by_qemu_user", lambda u=usable: u)
