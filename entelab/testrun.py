@@ -1,5 +1,7 @@
 """Test runs: host tests (no VM), VM tests (one VM per run), or both.
 
+``all`` runs ``host.prepare`` first (the host tests use the real vagrant/ruby).
+
 VM tests get the lab brought up once here (prepare -> render -> box -> up), run
 ``pytest -m vm`` against it, and then, unless ``keep``, destroy the VM and
 restore the host (stop the daemons this lab started). Teardown always runs.
@@ -58,6 +60,10 @@ def run(paths: LabPaths, which: str = "all", k: str = "", keep: bool = False) ->
     if which not in ("host", "vm", "all"):
         raise StageFailed(f"unknown test selection {which!r}: host, vm or all")
     rc_host = rc_vm = 0
+    if which == "all":
+        # host prerequisites first: the host tests validate with the real vagrant
+        from . import host
+        host.prepare(paths)
     if which in ("host", "all"):
         with stage("host tests"):
             rc_host = _pytest(paths, "not vm", k, "tests")
