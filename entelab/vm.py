@@ -126,31 +126,30 @@ def _clean_leftovers(p: LabPaths) -> None:
     """Before creating a VM: remove what an earlier, interrupted run of this lab left.
 
     Only objects named with this lab's id are touched: a domain libvirt knows but
-    Vagrant does not (its .vagrant machine dir is gone), and that domain's volume.
+    Vagrant does not track (its .vagrant machine id is gone), and the VM volume
+    when no domain uses it.
     """
     machine_id = p.root / ".vagrant" / "machines" / MACHINE / "libvirt" / "id"
-    if machine_id.exists():
-        return
     dom = domain_name(p)
-    if domain_exists(p):
+    exists = domain_exists(p)
+    if exists and machine_id.exists():
+        return
+    if exists:
         warn(f"removing leftover domain {dom} (Vagrant no longer tracks it)")
         virsh("destroy", dom)
         virsh("undefine", dom, "--nvram")
     vol = f"{dom}.img"
     if virsh("vol-info", "--pool", p.lab_id, vol).returncode == 0:
-        warn(f"removing leftover volume {vol}")
+        warn(f"removing leftover volume {vol} (no domain uses it)")
         virsh("vol-delete", "--pool", p.lab_id, vol)
 
 
 def up(paths: LabPaths) -> None:
-    from . import host  # noqa: F401 - libvirt must be up (prepare does that)
-
     if not paths.vagrant_json.exists():
         warn(f"{paths.vagrant_json} missing: the Vagrantfile uses its defaults (run lab.render)")
     ensure_pool(paths)
+    _clean_leftovers(paths)
     before = domain_state(paths)
-    if before != "running" or vagrant_status(paths) != "running":
-        _clean_leftovers(paths)
     name = "vagrant up (boot)" if before in ("not created", "shut off") else "vagrant up"
     with stage(f"{name}: was {before}", log=log_path(paths),
                hint=f"see the serial console log {paths.logs / 'console.log'} and `invoke lab.status`"):
