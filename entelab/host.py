@@ -32,6 +32,7 @@ LIBVIRT_URI = "qemu:///system"
 APT_PACKAGES = [
     "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
     "dnsmasq-base", "iptables", "iproute2", "vagrant", "vagrant-libvirt", "mmdebstrap",
+    "e2fsprogs", "procps",   # mkfs.ext4 -d for the image, pgrep (absent from minimal images)
 ]
 # Command each package provides, for the message on other systems.
 OTHER_SYSTEMS = """\

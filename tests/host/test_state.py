@@ -169,3 +169,54 @@ def test_libvirtd_masks_kvm_only_when_qemu_user_cannot_use_it(tmp_path, monkeypa
     for usable in (True, None):
         monkeypatch.setattr(host, "kvm_usable_by_qemu_user", lambda u=usable: u)
         assert host.daemon_command(p, "libvirtd", pid)[0].endswith("libvirtd")
+
+
+def test_apt_install_blocks_daemon_starts_and_cleans_up(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "lab"))
+    p = state.paths(tmp_path)
+    state.ensure_dirs(p)
+    policy = tmp_path / "policy-rc.d"
+    monkeypatch.setattr(host, "POLICY_RC_D", policy)
+    seen = []
+
+    def fake_run(cmd, log, env=None, **kw):
+        seen.append((cmd[:2], policy.exists() and policy.read_text().strip().endswith("exit 101"),
+                     env.get("DEBIAN_FRONTEND")))
+        return 0
+
+    monkeypatch.setattr(host, "run_logged", fake_run)
+    host._apt_install(p, ["vagrant"])
+    assert [s[0] for s in seen] == [["apt-get", "update"], ["apt-get", "install"]]
+    assert all(blocked and fe == "noninteractive" for _, blocked, fe in seen)
+    assert not policy.exists(), "the policy-rc.d prepare created is removed again"
+    policy.write_text("#!/bin/sh\nexit 101\n# the admin's own\n")
+    host._apt_install(p, ["vagrant"])
+    assert policy.read_text().endswith("# the admin's own\n"), "a pre-existing policy-rc.d is kept"
+
+
+def test_prepare_dry_run_changes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "lab"))
+    p = state.paths(tmp_path)
+    monkeypatch.setattr(host, "missing_packages", lambda *a: ["vagrant", "mmdebstrap"])
+    monkeypatch.setattr(host, "is_debian_like", lambda *a: True)
+    monkeypatch.setattr(host, "systemd_is_init", lambda: False)
+    monkeypatch.setattr(host, "daemon_running", lambda name: False)
+    monkeypatch.setattr(host, "run_logged", lambda *a, **k: (_ for _ in ()).throw(AssertionError(a)))
+    host.prepare(p, dry_run=True)
+    out = capsys.readouterr().out
+    assert "would apt-get install: vagrant mmdebstrap" in out
+    assert "would start: virtlogd" in out and "would start: libvirtd" in out
+    assert not host.record_file(p).exists()
+
+
+def test_prepare_on_other_systems_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import pytest as _pytest
+
+    from entelab.progress import StageFailed
+    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "lab"))
+    p = state.paths(tmp_path)
+    monkeypatch.setattr(host, "missing_packages", lambda *a: ["vagrant"])
+    monkeypatch.setattr(host, "is_debian_like", lambda *a: False)
+    with _pytest.raises(StageFailed, match="non-Debian"):
+        host.prepare(p)
+    assert "vagrant-libvirt" in capsys.readouterr().out
