@@ -52,7 +52,8 @@ def ensure_pool(p: LabPaths) -> None:
     """Storage pool <lab_id> (dir at p.pool), defined, started and autostarted.
 
     Copes with leftovers: a pool of that name pointing elsewhere is re-pointed
-    only if it holds no volumes; an inactive one is started.
+    only if it holds no volumes; an inactive one is started. Not autostarted: every
+    step that needs it calls this first.
     """
     ensure_dirs(p)
     name = p.lab_id
@@ -76,7 +77,6 @@ def ensure_pool(p: LabPaths) -> None:
     virsh("pool-define-as", name, "dir", "--target", str(p.pool), check=True)
     virsh("pool-build", name)
     virsh("pool-start", name, check=True)
-    virsh("pool-autostart", name)
 
 
 # ------------------------------------------------------------------ vagrant
@@ -159,6 +159,9 @@ def up(paths: LabPaths) -> None:
 
 def down(paths: LabPaths) -> None:
     with stage("vagrant halt", log=log_path(paths)):
+        if not (shutil.which("virsh") and virsh("uri").returncode == 0):
+            info("  libvirt is not running (`invoke host.prepare` starts it): nothing to halt")
+            return
         if domain_state(paths) != "running":
             info(f"  already {domain_state(paths)}")
             return
@@ -176,6 +179,7 @@ def destroy(paths: LabPaths, yes: bool = False) -> None:
             return
     with stage("vagrant destroy", log=log_path(paths)):
         if shutil.which("virsh") and virsh("uri").returncode == 0:
+            ensure_pool(paths)
             _run_vagrant(paths, "destroy", "--force")
             _clean_leftovers(paths)
             net = network_name(paths)
