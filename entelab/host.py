@@ -263,8 +263,13 @@ def prepare(paths: LabPaths, dry_run: bool = False) -> None:
             return
         started = list(rec.get("started", []))
         for name in DAEMONS:
+            own = _pidfile_pid(paths.run / f"{name}.pid")
+            if name in started and own and _pid_alive(own, name):
+                info(f"  {name}: running (started by this lab, pid {own})")
+                continue
             if daemon_running(name):
-                info(f"  {name}: already running (left alone)")
+                info(f"  {name}: already running, not this lab's (left alone)")
+                started = [s for s in started if s != name]
                 continue
             if dry_run:
                 info(f"  would start: {name} -d -p {paths.run / (name + '.pid')}")
