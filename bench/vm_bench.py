@@ -44,8 +44,9 @@ def main() -> int:
     vm.destroy(paths, yes=True)
     if not args.skip_cold:
         timed(results, "box build, cold (mmdebstrap + image + box add)",
-              lambda: box.build(paths, force=True, vm_exists=False))
-    timed(results, "box build, cached (hash check, nothing to do)", lambda: box.build(paths))
+              lambda: box.build(paths, force=True, vm_exists=False, prepare=False))
+    timed(results, "box build, cached (hash check, nothing to do)",
+          lambda: box.build(paths, prepare=False))
     timed(results, "acceleration probe (cached answer)", lambda: accel.probe(paths))
     timed(results, "vagrant up, VM not created (define + first boot + ssh)", lambda: vm.up(paths))
     timed(results, "vagrant halt", lambda: vm.down(paths))

@@ -14,6 +14,7 @@ import glob
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -122,12 +123,13 @@ def build_image(p: LabPaths, out: Path) -> None:
     staging.mkdir(parents=True)
     hooks = box_dir(p.root)
     debconf = "\n".join(DEBCONF)
+    q = lambda path: shlex.quote(str(path))  # noqa: E731 - hooks run through sh
     cmd = [
         "mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
         "--include=" + ",".join(PACKAGES),
         "--essential-hook=" + f"printf '%s\\n' '{debconf}' | chroot \"$1\" debconf-set-selections",
-        "--customize-hook=" + f"sh {hooks / 'customize.sh'} \"$1\" {staging} {vagrant_pubkey()}",
-        "--customize-hook=" + f"sh {hooks / 'guest-hook.sh'} \"$1\" {guest_dir(p.root)}",
+        "--customize-hook=" + f"sh {q(hooks / 'customize.sh')} \"$1\" {q(staging)} {q(vagrant_pubkey())}",
+        "--customize-hook=" + f"sh {q(hooks / 'guest-hook.sh')} \"$1\" {q(guest_dir(p.root))}",
         "--customize-hook=" + "chroot \"$1\" apt-get clean",
         SUITE, str(rootfs), *MIRRORS,
     ]
@@ -172,10 +174,17 @@ def _installed_hash(p: LabPaths) -> str | None:
         return None
 
 
-def build(paths: LabPaths, force: bool = False, vm_exists: bool | None = None) -> str:
-    """Build (if needed) and add the box; returns the recipe hash."""
-    from . import vm  # pool handling lives with the VM
+def build(paths: LabPaths, force: bool = False, vm_exists: bool | None = None,
+          prepare: bool = True) -> str:
+    """Build (if needed) and add the box; returns the recipe hash.
 
+    ``prepare``: run host.prepare first (mmdebstrap, vagrant and libvirt must be
+    there); lab.up has done that already and passes False.
+    """
+    from . import host, vm  # pool handling lives with the VM
+
+    if prepare:
+        host.prepare(paths)
     name = box_name(paths)
     ensure_dirs(paths)
     log = paths.logs / "box-build.log"

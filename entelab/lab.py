@@ -42,7 +42,7 @@ def up(paths: LabPaths, settings) -> None:
     ensure_dirs(paths)
     host.prepare(paths)
     render(paths, settings)
-    boxmod.build(paths)
+    boxmod.build(paths, prepare=False)
     if settings.vm.accel == "auto":
         accel.probe(paths)
     vm.up(paths)
