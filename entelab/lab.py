@@ -46,6 +46,11 @@ def up(paths: LabPaths, settings) -> None:
     if settings.vm.accel == "auto":
         accel.probe(paths)
     vm.up(paths)
+    # converge -> certificates -> smoke check (issues 4 and 5)
+    from . import certs, converge, verify
+    converge.converge(paths)
+    certs.issue(paths)
+    verify.smoke(paths)
 
 
 def status(paths: LabPaths) -> None:
@@ -58,4 +63,26 @@ def status(paths: LabPaths) -> None:
     table.add_row("acceleration", st["accel"])
     table.add_row("address", st["address"] or "-")
     table.add_row("state dir", str(paths.home))
+    if st["state"] == "running":
+        _guest_status(paths, table)
     console.print(table)
+
+
+def _guest_status(paths: LabPaths, table: Table) -> None:
+    """Each service's state (from its rc.d script) and the last converge."""
+    from . import converge, verify
+    from .connection import connect
+    try:
+        conn = connect(paths)
+        for name, st in verify.services(conn).items():
+            table.add_row(f"rc.{name}", st if st == "stopped" else f"[green]{st}[/]")
+        last = converge.last_converge(conn)
+    except Exception as exc:  # noqa: BLE001 - status must still print what it has
+        table.add_row("guest", f"[red]unreachable over SSH: {exc}[/]")
+        return
+    if last:
+        table.add_row("last converge", f"{last.get('time', '?')}: {last.get('changed', 0)} changed, "
+                      f"reloaded {', '.join(last.get('reloaded', [])) or 'nothing'}, "
+                      f"{len(last.get('refused', {}))} refused")
+    else:
+        table.add_row("last converge", "never")
