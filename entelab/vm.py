@@ -80,9 +80,17 @@ def ensure_pool(p: LabPaths) -> None:
 
 
 # ------------------------------------------------------------------ vagrant
+def provider(p: LabPaths) -> str:
+    """libvirt (run here) or virtualbox (the branch for users who have it)."""
+    try:
+        return json.loads(p.vagrant_json.read_text()).get("provider") or "libvirt"
+    except (OSError, ValueError):
+        return "libvirt"
+
+
 def vagrant_env(p: LabPaths) -> dict:
     env = dict(os.environ, VAGRANT_HOME=str(p.vagrant_home), VAGRANT_CHECKPOINT_DISABLE="1",
-               VAGRANT_NO_COLOR="1", VAGRANT_DEFAULT_PROVIDER="libvirt",
+               VAGRANT_NO_COLOR="1", VAGRANT_DEFAULT_PROVIDER=provider(p),
                ENTE_LAB_STATE_DIR=str(p.home), ENTE_LAB_ID=p.lab_id)
     return env
 
@@ -147,6 +155,12 @@ def _clean_leftovers(p: LabPaths) -> None:
 def up(paths: LabPaths) -> None:
     if not paths.vagrant_json.exists():
         warn(f"{paths.vagrant_json} missing: the Vagrantfile uses its defaults (run lab.render)")
+    if provider(paths) != "libvirt":
+        with stage(f"vagrant up ({provider(paths)}; not run on the lab's own machines)",
+                   log=log_path(paths)):
+            _run_vagrant(paths, "up", "--provider", provider(paths), "--no-tty", "--no-provision")
+        _forget_ssh_config(paths)
+        return
     ensure_pool(paths)
     _clean_leftovers(paths)
     before = domain_state(paths)
@@ -246,9 +260,5 @@ def state(paths: LabPaths) -> dict:
             address = ssh_info(paths)["host"]
         except Exception:  # noqa: BLE001 - shown as unknown
             address = "?"
-    provider = "libvirt"
-    try:
-        provider = json.loads(paths.vagrant_json.read_text()).get("provider", provider)
-    except (OSError, ValueError):
-        pass
-    return {"state": dom, "provider": provider, "accel": read_accel(paths), "address": address}
+    return {"state": dom, "provider": provider(paths), "accel": read_accel(paths),
+            "address": address}
