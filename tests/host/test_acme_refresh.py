@@ -19,7 +19,7 @@ def env(tmp_path):
     base.mkdir()
     (base / "config").write_text("CA=x\n")
     conf = tmp_path / "acme.conf"
-    conf.write_text(f"ACME_USER=root\nBASEDIR={base}\nWELLKNOWN={tmp_path}/wk\nCHAINCACHE={tmp_path}/chains\n")
+    conf.write_text(f"ACME_USER=root\nBASEDIR={base}\nWELLKNOWN={tmp_path}/wk\nCHAINCACHE={tmp_path}/chains\nSTATEDIR={tmp_path}/state\n")
     bindir = tmp_path / "bin"
     bindir.mkdir()
     log = tmp_path / "calls"

@@ -283,7 +283,7 @@ def test_article_directories_and_tools(conn):
               *(f"/opt/dockerfiles/ente/{x}" for x in ("cli-data", "cli-export", "museum-data",
                 "museum-logs", "postgres-data", "minio-data", "webauth-data"))]:
         assert sudo(conn, f"test -d {d}").ok, d
-    assert "1.29.2" in sudo(conn, "cd /usr/local/docker-ente && docker-compose version --short").stdout
+    assert "1.29.2" in sudo(conn, "sh -c 'cd /usr/local/docker-ente && docker-compose version --short'").stdout
     assert sudo(conn, "test -f /var/log/maillog").ok
     assert sudo(conn, "test -x /usr/sbin/apachectl").ok
 
