@@ -196,8 +196,12 @@ def _reload(service: str, root: Path) -> tuple[bool, str]:
         script = root / "etc/rc.d" / RC[service]
         if not script.exists():
             return False, f"{script} missing"
-        rc, _ = _run(f"{script} status")
-        rc, out = _run(f"{script} {'reload' if rc == 0 else 'start'}")
+        running = _run(f"{script} status")[0] == 0
+        rc, out = _run(f"{script} {'reload' if running else 'start'}")
+        if rc == 0 and _run(f"{script} status")[0] != 0:
+            # e.g. a Postfix setting that needs a full restart: the daemon died on reload
+            rc2, out2 = _run(f"{script} start")
+            return False, f"{out}\n{service} was not running after the reload; start: {out2}"
         return rc == 0, out
     if service == "users":
         return _apply_users(root)
