@@ -24,6 +24,9 @@ _PRELUDE = textwrap.dedent("""
     ARGS = json.loads(sys.argv[1])
     def ctx():
         c = ssl.create_default_context(cafile=ARGS.get("cafile", %r))
+        if ARGS.get("no_verify"):   # only for probes that connect by address
+            c.check_hostname = False
+            c.verify_mode = ssl.CERT_NONE
         return c
 """ % LAB_ROOT)
 
@@ -64,6 +67,10 @@ SMTP_SESSION = _PRELUDE + textwrap.dedent("""
                 out["login"] = [235, "ok"]
             except smtplib.SMTPAuthenticationError as exc:
                 out["login"] = [exc.smtp_code, exc.smtp_error.decode()]
+        if ARGS.get("rcpt"):
+            s.mail(ARGS["rcpt"]["from"])
+            code, msg = s.rcpt(ARGS["rcpt"]["to"])
+            out["rcpt"] = [code, msg.decode()]
         if ARGS.get("send") and out.get("login", [0])[0] == 235:
             m = ARGS["send"]
             msg = ("From: %s\\r\\nTo: %s\\r\\nSubject: %s\\r\\nMessage-ID: %s\\r\\n\\r\\n%s\\r\\n"

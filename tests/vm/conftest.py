@@ -26,3 +26,4 @@ def conn(lab_paths):
     c = connection.connect(lab_paths)
     yield c
     c.close()
+from labfix import lab_secrets, paths, settings  # noqa: E402,F401  (shared fixtures)

@@ -3,7 +3,6 @@
 import pytest
 
 from entelab import verify
-from labfix import settings  # noqa: F401
 
 pytestmark = pytest.mark.vm
 

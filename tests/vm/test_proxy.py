@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from entelab import verify
-from labfix import paths, settings, sh  # noqa: F401
+from labfix import sh, variant_build  # noqa: F401
 
 pytestmark = pytest.mark.vm
 
