@@ -47,6 +47,12 @@ This host is not Debian/Ubuntu; install these yourself, then run `invoke host.pr
   Arch:   pacman -S qemu-base libvirt dnsmasq iptables-nft vagrant mmdebstrap debian-archive-keyring
           && vagrant plugin install vagrant-libvirt"""
 
+# The programs the host tests validate rendered files with (real tools, no skips).
+TEST_PACKAGES = [
+    "apache2", "postfix", "sasl2-bin", "libsasl2-modules", "sendmail-cf", "m4", "sudo",
+    "dnsmasq-base", "docker-compose", "shellcheck", "openssl", "curl", "pebble", "dehydrated",
+]
+
 DAEMONS = ("virtlogd", "libvirtd")
 LIBVIRT_CHAINS = {
     "filter": ["LIBVIRT_INP", "LIBVIRT_OUT", "LIBVIRT_FWO", "LIBVIRT_FWI", "LIBVIRT_FWX"],
@@ -286,6 +292,23 @@ def prepare(paths: LabPaths, dry_run: bool = False) -> None:
         rec["started"] = sorted(set(started), key=DAEMONS.index)
         _save_record(paths, rec)
         wait_libvirt()
+
+
+def install_test_tools(paths: LabPaths) -> None:
+    """apt-get the validators the host tests run (no daemon is started)."""
+    ensure_dirs(paths)
+    with stage("test tools (apache2, postfix, sendmail-cf, dnsmasq, docker-compose, shellcheck ...)",
+               log=paths.logs / "host-prepare.log", hint="read the log; `apt-get install` must work as root"):
+        missing = missing_packages(TEST_PACKAGES) if shutil.which("dpkg-query") else TEST_PACKAGES
+        if not missing:
+            info("  all test tools present (apt skipped)")
+            return
+        if not is_debian_like():
+            raise StageFailed(f"install these yourself (Debian names): {' '.join(missing)}")
+        info(f"  installing: {' '.join(missing)}")
+        subprocess.run(["debconf-set-selections"], input="postfix postfix/main_mailer_type select Local only\n"
+                       "postfix postfix/mailname string ente-lab.invalid\n", text=True, check=False)
+        _apt_install(paths, missing)
 
 
 # ------------------------------------------------------------------ restore

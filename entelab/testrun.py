@@ -65,6 +65,8 @@ def run(paths: LabPaths, which: str = "all", k: str = "", keep: bool = False) ->
         from . import host
         host.prepare(paths)
     if which in ("host", "all"):
+        from . import host
+        host.install_test_tools(paths)
         with stage("host tests"):
             rc_host = _pytest(paths, "not vm", k, "tests")
             if rc_host == 5 and k:
