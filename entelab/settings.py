@@ -82,6 +82,12 @@ def _port(value: int) -> int:
     return value
 
 
+def _unix_user(value: str) -> str:
+    if not UNIX_NAME.match(value):
+        raise ValueError("must be a system user name (lower case, digits, '_', '-')")
+    return value
+
+
 class Ports(_Section):
     museum: int
     web: int
@@ -160,12 +166,7 @@ class Smtp(_Section):
 
     _p = field_validator("port")(classmethod(lambda cls, v: _port(v)))
 
-    @field_validator("username")
-    @classmethod
-    def _user(cls, v: str) -> str:
-        if not UNIX_NAME.match(v):
-            raise ValueError("must be a system user name (lower case, digits, '_', '-')")
-        return v
+    _u = field_validator("username")(classmethod(lambda cls, v: _unix_user(v)))
 
     @field_validator("email")
     @classmethod
@@ -197,12 +198,7 @@ class Acme(_Section):
     ca: str
     contact: str
 
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str) -> str:
-        if not UNIX_NAME.match(v):
-            raise ValueError("must be a system user name (lower case, digits, '_', '-')")
-        return v
+    _u = field_validator("user")(classmethod(lambda cls, v: _unix_user(v)))
 
     @field_validator("ca")
     @classmethod
