@@ -48,6 +48,9 @@ def up(paths: LabPaths, settings) -> None:
     vm.up(paths)
     # converge -> certificates -> smoke check (issues 4 and 5)
     from . import certs, converge, verify
+    from .connection import connect
+    with stage("boot: wait for rc.M (rc-slackware.service) to finish starting services"):
+        verify.wait_boot(connect(paths))
     converge.converge(paths)
     certs.issue(paths)
     verify.smoke(paths)

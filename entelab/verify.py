@@ -116,6 +116,22 @@ def resolve(conn, name: str) -> list[str]:
     return res.stdout.split()
 
 
+def wait_boot(conn, timeout: float = 900) -> str:
+    """Wait until the boot's rc.M (rc-slackware.service) has finished starting services."""
+    from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
+
+    @retry(retry=retry_if_result(lambda st: st in ("activating", "")), stop=stop_after_delay(timeout),
+           wait=wait_fixed(3), retry_error_callback=lambda rs: rs.outcome.result())
+    def state() -> str:
+        return conn.run("systemctl is-active rc-slackware.service", hide=True, warn=True).stdout.strip()
+
+    st = state()
+    if st in ("activating", ""):
+        raise StageFailed(f"rc-slackware.service still starting after {timeout:.0f}s; "
+                          "next: ./labctl lab.ssh --command 'journalctl -u rc-slackware'")
+    return st
+
+
 def services(conn) -> dict[str, str]:
     """State of each service from its rc.d script."""
     res = conn.run("for s in dnsmasq saslauthd postfix pebble httpd docker; do "

@@ -28,6 +28,7 @@ def env(tmp_path):
     marker = tmp_path / "pebble.started"
     return {"base": base, "log": log, "marker": marker,
             "env": {**os.environ, "ACME_CONF": str(conf), "PEBBLE_MARKER": str(marker),
+                    "ACME_REFRESH_LOCK": str(tmp_path / "lock"),
                     "PATH": f"{bindir}:{os.environ['PATH']}"}}
 
 

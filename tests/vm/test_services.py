@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 import time
 
+import shlex
+
 import pytest
 
 pytestmark = pytest.mark.vm
@@ -29,7 +31,8 @@ MASKED = ["apache2.service", "apache-htcacheclean.service", "postfix.service",
 
 # ---------------------------------------------------------------- helpers
 def sudo(conn, cmd: str):
-    return conn.sudo(cmd, hide=True, warn=True)
+    """Run a whole shell command line as root (every part of a && chain)."""
+    return conn.sudo(f"sh -c {shlex.quote(cmd)}", hide=True, warn=True)
 
 
 def rc(conn, svc: str, action: str):
