@@ -9,7 +9,7 @@ import subprocess
 
 import yaml
 
-from conftest import need
+from conftest import load, need, render_into
 
 D = "/usr/local/docker-ente"
 
@@ -113,7 +113,6 @@ def test_museum_yaml(rendered):
 
 
 def test_museum_yaml_ott_and_admins(tmp_path, lab_secrets):
-    from conftest import load, render_into
     tree = render_into(tmp_path, load(['ott=["me@home.lan,012345", "friend@foo.org,987654"]',
                                        "admins=[5551234567654321]"]), lab_secrets)
     m = yaml.safe_load(tree.text(f"{D}/museum.yaml"))
