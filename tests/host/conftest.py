@@ -116,3 +116,13 @@ def need(tool: str) -> str:
     if not path:
         pytest.fail(f"{tool} is not installed; the host tests need it (apt-get install, see .ci/run)")
     return path
+
+
+@pytest.fixture
+def empty_checkout(tmp_path, monkeypatch):
+    """A fresh checkout dir (no settings.local.yaml, no build/) with its own state home."""
+    monkeypatch.delenv("ENTE_LAB_SETTINGS", raising=False)
+    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "home"))
+    root = tmp_path / "checkout"
+    root.mkdir()
+    return root

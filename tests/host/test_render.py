@@ -11,12 +11,8 @@ from entelab.settings import SettingsError, load_settings
 
 
 @pytest.fixture
-def lab(tmp_path, monkeypatch):
-    monkeypatch.delenv("ENTE_LAB_SETTINGS", raising=False)
-    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "home"))
-    root = tmp_path / "checkout"
-    root.mkdir()
-    return root, state.paths(root)
+def lab(empty_checkout):
+    return empty_checkout, state.paths(empty_checkout)
 
 
 def test_second_render_changes_nothing(lab, capsys):

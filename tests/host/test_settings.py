@@ -25,12 +25,9 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def checkout(tmp_path, monkeypatch):
+def checkout(empty_checkout):
     """A checkout dir with one good render already in place."""
-    monkeypatch.delenv("ENTE_LAB_SETTINGS", raising=False)
-    monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "home"))
-    root = tmp_path / "checkout"
-    root.mkdir()
+    root = empty_checkout
     settings, _ = load_settings(root)
     render_lab(state.paths(root), settings, quiet=True)
     return root
