@@ -21,7 +21,7 @@ import tarfile
 from pathlib import Path
 
 from .progress import StageFailed, info, run_logged, stage, warn
-from .state import LabPaths, ensure_dirs
+from .state import LabPaths, default_box_name, ensure_dirs
 
 SUITE = "bookworm"
 MIRRORS = [
@@ -53,7 +53,7 @@ def box_name(p: LabPaths) -> str:
         name = json.loads(p.vagrant_json.read_text()).get("box")
     except (OSError, ValueError):
         name = None
-    return name or f"ente-lab/debian12-{p.lab_id}"
+    return name or default_box_name(p.lab_id)
 
 
 def box_dir(root: Path) -> Path:

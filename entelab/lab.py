@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 from rich.table import Table
 
 from . import accel, host, vm
@@ -14,28 +10,10 @@ from .progress import console, stage
 from .state import LabPaths, ensure_dirs
 
 
-def vagrant_settings(paths: LabPaths, settings) -> dict:
-    """What the Vagrantfile reads from build/vagrant.json."""
-    v = settings.vm
-    return {"lab_id": paths.lab_id, "state_dir": str(paths.home), "hostname": v.hostname,
-            "memory": v.memory, "cpus": v.cpus, "accel": v.accel, "provider": v.provider,
-            "management_network": v.management_network, "box": boxmod.box_name(paths)}
-
-
-def write_vagrant_json(paths: LabPaths, settings) -> Path:
-    """Fallback for when entelab.render is not there: write build/vagrant.json only."""
-    paths.build.mkdir(parents=True, exist_ok=True)
-    paths.vagrant_json.write_text(json.dumps(vagrant_settings(paths, settings), indent=2) + "\n")
-    return paths.vagrant_json
-
-
 def render(paths: LabPaths, settings) -> None:
+    from . import render as r
     with stage("render"):
-        if importlib.util.find_spec("entelab.render") is not None:
-            from . import render as r
-            r.render_lab(paths, settings)
-        if not paths.vagrant_json.exists():
-            write_vagrant_json(paths, settings)
+        r.render_lab(paths, settings)
 
 
 def up(paths: LabPaths, settings) -> None:

@@ -22,7 +22,7 @@ from rich.table import Table
 from . import secrets as secrets_mod
 from .progress import console, info
 from .settings import Settings, SettingsError
-from .state import ROOT, LabPaths
+from .state import ROOT, LabPaths, default_box_name
 
 TEMPLATES = ROOT / "templates"
 MANAGED_BEGIN = "# BEGIN ente-lab managed block (do not edit inside; lab.converge rewrites it)"
@@ -166,7 +166,7 @@ def vagrant_settings(settings: Settings, paths: LabPaths) -> dict:
         "accel": settings.vm.accel,
         "provider": settings.vm.provider,
         "management_network": settings.vm.management_network,
-        "box": f"ente-lab/debian12-{paths.lab_id}",
+        "box": default_box_name(paths.lab_id),
     }
 
 

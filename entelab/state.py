@@ -66,6 +66,11 @@ class LabPaths:
         return self.home / "boxes"
 
 
+def default_box_name(lid: str) -> str:
+    """The lab's Vagrant box: one per lab, so labs never share or remove each other's."""
+    return f"ente-lab/debian12-{lid}"
+
+
 def paths(root: Path = ROOT) -> LabPaths:
     lid = lab_id(root)
     home = Path(os.environ.get("ENTE_LAB_HOME") or STATE_BASE / lid)
