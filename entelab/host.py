@@ -51,6 +51,7 @@ This host is not Debian/Ubuntu; install these yourself, then run `invoke host.pr
 TEST_PACKAGES = [
     "apache2", "postfix", "sasl2-bin", "libsasl2-modules", "sendmail-cf", "m4", "sudo",
     "dnsmasq-base", "docker-compose", "shellcheck", "openssl", "curl", "pebble", "dehydrated",
+    "git",   # test_scripts_executable_in_git reads the modes git records
 ]
 
 DAEMONS = ("virtlogd", "libvirtd")
