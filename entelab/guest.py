@@ -1,0 +1,145 @@
+"""The one runner for commands in the lab VM.
+
+``Guest`` owns the SSH connection (Fabric) and is the only code that talks to
+the VM: ``run`` a shell command (as root through ``sudo -n`` unless
+``sudo=False``), run a standard-library ``python`` program and read its JSON
+answer, ``put`` a file. It counts SSH round trips (``round_trips``) so converge
+and the benchmarks can prove how many they cost, and raises
+``GuestCommandError`` carrying the command with every known secret replaced by
+``<secret>``, the exit code and the output tail.
+
+Address, user, port and key come from python-vagrant (``vm.ssh_info``, cached).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fabric import Config, Connection
+
+from .errors import GuestCommandError
+from .state import LabPaths
+
+# exec a base64-encoded program given as argv[1]; the rest of argv is its own
+_PY_EXEC = "python3 -c 'import base64,sys; exec(base64.b64decode(sys.argv.pop(1)))'"
+
+
+@dataclass
+class Result:
+    cmd: str
+    exited: int
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+    @property
+    def output(self) -> str:
+        return (self.stdout + self.stderr).strip()
+
+
+class Guest:
+    """Commands in the VM over one SSH connection."""
+
+    def __init__(self, conn: Connection, secrets: Iterable[str] = ()):
+        self.conn = conn
+        self.secrets = [s for s in secrets if s]
+        self.round_trips = 0
+
+    # ---------------------------------------------------------------- plumbing
+    @classmethod
+    def connect(cls, paths: LabPaths, refresh: bool = False, timeout: int = 30,
+                secrets: Iterable[str] = ()) -> Guest:
+        from . import vm
+        info = vm.ssh_info(paths, refresh=refresh)
+        conn = Connection(
+            host=info["host"], user=info["user"], port=info["port"],
+            connect_timeout=timeout,
+            connect_kwargs={"key_filename": [info["keyfile"]], "look_for_keys": False,
+                            "allow_agent": False, "banner_timeout": timeout,
+                            "auth_timeout": timeout},
+            inline_ssh_env=True,
+            # never mirror our stdin (pytest, CI with no stdin) into remote commands
+            config=Config(overrides={"run": {"in_stream": False}}),
+        )
+        return cls(conn, secrets)
+
+    @classmethod
+    def reach(cls, paths: LabPaths, secrets: Iterable[str] = ()) -> Guest:
+        """Connect and prove it with one command, asking Vagrant again once if the
+        cached address is stale (after a re-up the VM may have a new lease)."""
+        guest = cls.connect(paths, secrets=secrets)
+        try:
+            guest.run("hostname", sudo=False)
+            return guest
+        except Exception:  # noqa: BLE001 - stale address after a re-up: ask Vagrant again
+            guest.close()
+        guest = cls.connect(paths, refresh=True, secrets=secrets)
+        guest.run("hostname", sudo=False)
+        return guest
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Guest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def redact(self, text: str) -> str:
+        for value in self.secrets:
+            text = text.replace(value, "<secret>")
+        return text
+
+    # ---------------------------------------------------------------- verbs
+    def run(self, cmd: str, *, sudo: bool = True, check: bool = True, timeout: float | None = None,
+            hint: str = "", shown: str | None = None) -> Result:
+        """Run ``cmd`` with ``sh -c`` (as root unless ``sudo=False``).
+
+        ``shown`` replaces the command in errors (e.g. a short name for a long
+        program). A non-zero exit raises ``GuestCommandError`` when ``check``.
+        """
+        full = f"sudo -n sh -c {shlex.quote(cmd)}" if sudo else cmd
+        self.round_trips += 1
+        res = self.conn.run(full, hide=True, warn=True, timeout=timeout)
+        out = Result(cmd, res.exited, res.stdout, res.stderr)
+        if check and not out.ok:
+            raise GuestCommandError(self.redact(shown or cmd), out.exited,
+                                    self.redact(out.output), hint=hint)
+        return out
+
+    def python(self, program: str, args: object = None, *, sudo: bool = False, netns: str = "",
+               argv: Iterable[str] = (), name: str = "python program", hint: str = "") -> object:
+        """Run a standard-library Python program in the guest; return its last
+        stdout line parsed as JSON. ``args`` reach it JSON-encoded as argv[1]
+        (``argv`` instead passes plain arguments)."""
+        code = base64.b64encode(program.encode()).decode()
+        extra = [json.dumps(args)] if args is not None else list(argv)
+        cmd = f"{_PY_EXEC} {code} {' '.join(shlex.quote(a) for a in extra)}"
+        if netns:
+            cmd = f"ip netns exec {shlex.quote(netns)} {cmd}"
+        res = self.run(cmd, sudo=sudo or bool(netns), check=False)
+        if not res.ok:
+            raise GuestCommandError(name, res.exited, self.redact(res.stderr or res.stdout),
+                                    hint=hint)
+        try:
+            return json.loads(res.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise GuestCommandError(name, res.exited, "no JSON answer: "
+                                    + self.redact(res.output), hint=hint) from None
+
+    def put(self, local: str, remote: str) -> None:
+        """Copy a host file into the VM (as the SSH user)."""
+        self.round_trips += 1
+        self.conn.put(local, remote)
+
+    def read(self, path: str, sudo: bool = True) -> str:
+        """A file's text (empty when it does not exist)."""
+        return self.run(f"cat {shlex.quote(path)} 2>/dev/null || true", sudo=sudo).stdout
