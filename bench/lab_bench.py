@@ -13,38 +13,37 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from entelab import certs, converge, state  # noqa: E402
-from entelab.connection import connect  # noqa: E402
+from entelab import certs, converge, lab, state  # noqa: E402
 from entelab.render import load_manifest  # noqa: E402
+from entelab.settings import load_settings  # noqa: E402
 
 
 def main() -> int:
     paths = state.paths(state.ROOT)
-    conn = connect(paths)
+    settings = load_settings(paths.root)[0]
+    guest = lab.guest(paths)
     rows = []
     whole = [e.path for e in load_manifest(paths) if e.kind == "file" and e.merge == "whole"
              and not e.path.startswith("/etc/postfix/") and not e.path.startswith("/etc/apache2/")]
     # make every non-service-critical managed file differ (content drift), then converge
-    conn.run("sudo -n sh -c 'for f in " + " ".join(whole) + "; do [ -f $f ] && echo \"# drift\" >> $f; done'",
-             hide=True)
-    first = converge.converge_with(conn, paths)
-    rows.append(("converge, %d files changed" % len(first.ops), first.seconds, first.round_trips))
-    again = converge.converge_with(conn, paths)
+    guest.run("for f in " + " ".join(whole) + "; do [ -f $f ] && echo '# drift' >> $f; done")
+    first = converge.converge_with(guest, paths)
+    rows.append((f"converge, {len(first.ops)} files changed", first.seconds, first.round_trips))
+    again = converge.converge_with(guest, paths)
     rows.append(("converge, no change", again.seconds, again.round_trips))
     # renewal-and-verify cycle, timed inside the VM
-    res = conn.run("sudo -n sh -c 's=$(date +%s.%N); /usr/local/sbin/ente-lab-acme-refresh --force >/dev/null 2>&1; "
-                   "rc=$?; e=$(date +%s.%N); echo | openssl s_client -connect 127.0.0.1:443 -servername "
-                   "$(hostname -d) 2>/dev/null | openssl x509 -noout -serial >/dev/null; "
-                   "v=$(date +%s.%N); echo $rc $s $e $v'", hide=True)
+    res = guest.run("s=$(date +%s.%N); /usr/local/sbin/ente-lab-acme-refresh --force >/dev/null 2>&1; "
+                    "rc=$?; e=$(date +%s.%N); echo | openssl s_client -connect 127.0.0.1:443 -servername "
+                    "$(hostname -d) 2>/dev/null | openssl x509 -noout -serial >/dev/null; "
+                    "v=$(date +%s.%N); echo $rc $s $e $v")
     rc, s, e, v = res.stdout.split()
     rows.append(("renewal (dehydrated --force + hook reloads), in the VM", float(e) - float(s), 1))
     rows.append(("renewal + verify served serial, in the VM", float(v) - float(s), 1))
-    serials = certs.renew_with(conn, paths)["after"]
+    serials = certs.renew_with(guest, paths, settings)["after"]
     print("| step | seconds | SSH round trips |\n|---|---|---|")
     for name, secs, rt in rows:
         print(f"| {name} | {secs:.1f} | {rt} |")

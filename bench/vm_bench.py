@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from entelab import accel, box, host, lab, state, vm  # noqa: E402
-from entelab.cli import _settings  # noqa: E402
+from entelab.render import render_lab  # noqa: E402
+from entelab.settings import load_settings  # noqa: E402
 
 
 def timed(results: list, name: str, fn) -> None:
@@ -37,10 +38,10 @@ def main() -> int:
     args = ap.parse_args()
 
     paths = state.paths(state.ROOT)
-    settings = _settings([])
+    settings = load_settings(paths.root)[0]
     results: list[tuple[str, float]] = []
     host.prepare(paths)
-    lab.render(paths, settings)
+    render_lab(paths, settings)
     vm.destroy(paths, yes=True)
     if not args.skip_cold:
         timed(results, "box build, cold (mmdebstrap + image + box add)",
@@ -54,7 +55,7 @@ def main() -> int:
     if not args.keep:
         timed(results, "vagrant destroy", lambda: vm.destroy(paths, yes=True))
 
-    info = {"host": platform.node(), "cores": os.cpu_count(), "accel": vm.read_accel(paths),
+    info = {"host": platform.node(), "cores": os.cpu_count(), "accel": accel.describe(paths),
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "results": [{"step": n, "seconds": round(t, 1)} for n, t in results]}
     out = paths.build / "bench-vm.json"

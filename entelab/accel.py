@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import selectors
 import shutil
-import subprocess
 import tarfile
 import time
 from pathlib import Path
 
+from .hostrun import spawn
 from .progress import info, stage
 from .state import LabPaths
 
@@ -68,8 +68,8 @@ def trial_boot(kernel: Path, initrd: Path, accel: str = "kvm", timeout: float = 
            "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
            "-append", "console=ttyS0 panic=-1 root=/dev/null"]
     seen = b""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    proc = spawn(cmd)
+    assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
@@ -95,14 +95,30 @@ def trial_boot(kernel: Path, initrd: Path, accel: str = "kvm", timeout: float = 
     return found
 
 
-def probe(p: LabPaths, refresh: bool = False) -> str:
-    """The acceleration to use on this host: env > cache > one trial boot."""
+def _decided(p: LabPaths) -> tuple[str, str] | None:
+    """(acceleration, where the answer comes from) without probing: env > cache."""
     env = os.environ.get(ENV, "")
     if env in CHOICES:
-        return env
+        return env, ENV
+    try:
+        cached = cache_file(p).read_text().strip()
+    except OSError:
+        return None
+    return (cached, "probed") if cached in CHOICES else None
+
+
+def describe(p: LabPaths) -> str:
+    """What lab.status shows: the acceleration and where it was decided."""
+    decided = _decided(p)
+    return f"{decided[0]} ({decided[1]})" if decided else "qemu (default)"
+
+
+def probe(p: LabPaths, refresh: bool = False) -> str:
+    """The acceleration to use on this host: env > cache > one trial boot."""
+    decided = _decided(p)
+    if decided and (decided[1] == ENV or not refresh):
+        return decided[0]
     cache = cache_file(p)
-    if not refresh and cache.exists() and cache.read_text().strip() in CHOICES:
-        return cache.read_text().strip()
     log = p.logs / "accel-probe.log"
     with stage("acceleration probe (one trial boot, at most 60 s)", log=log):
         from .host import kvm_usable_by_qemu_user

@@ -262,7 +262,7 @@ def _apply_users(root: Path) -> tuple[bool, str]:
 def apply(bundle: Path, root: Path = Path("/"), reload: bool = True) -> dict:
     plan = json.loads((bundle / "plan.json").read_text())
     ops: list[dict] = plan["ops"]
-    report = {"installed": [], "refused": {}, "reloaded": [], "reload_failed": {},
+    report: dict = {"installed": [], "refused": {}, "reloaded": [], "reload_failed": {},
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     stage = Path(tempfile.mkdtemp(prefix="ente-lab-stage-"))
     try:
@@ -304,7 +304,7 @@ def apply(bundle: Path, root: Path = Path("/"), reload: bool = True) -> dict:
 
 
 def main(args: list[str]) -> int:
-    """args: ``facts <base64 JSON entries>`` | ``apply <bundle dir>`` | ``last``."""
+    """args: ``facts <base64 JSON entries>`` | ``apply <bundle dir>``."""
     verb = args[0] if args else ""
     if verb == "facts":
         import base64
@@ -315,14 +315,10 @@ def main(args: list[str]) -> int:
         report = apply(Path(args[1]))
         print(json.dumps(report))
         return 1 if report["refused"] or report["reload_failed"] else 0
-    if verb == "last":
-        p = Path(STATE_FILE)
-        print(p.read_text() if p.exists() else "{}")
-        return 0
-    print("usage: agent.py facts|apply|last ...", file=sys.stderr)
+    print("usage: agent.py facts|apply ...", file=sys.stderr)
     return 2
 
 
 if __name__ == "__main__":
-    # Run as a file (agent.py apply DIR) or inline (python3 -c "<exec b64>" <b64> facts ...)
-    sys.exit(main(sys.argv[2:] if sys.argv[0] == "-c" else sys.argv[1:]))
+    # Run as a file (agent.py apply DIR) or through Guest.python (argv: -c facts ...)
+    sys.exit(main(sys.argv[1:]))

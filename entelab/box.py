@@ -16,11 +16,12 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
-from .progress import StageFailed, info, run_logged, stage, warn
+from .errors import StageFailed
+from .hostrun import run, vagrant, virsh
+from .progress import info, stage, warn
 from .state import LabPaths, default_box_name, ensure_dirs
 
 SUITE = "bookworm"
@@ -107,11 +108,6 @@ def installed_file(p: LabPaths) -> Path:
     return p.box_cache / "installed.json"
 
 
-def vagrant_env(p: LabPaths) -> dict:
-    return dict(os.environ, VAGRANT_HOME=str(p.vagrant_home), VAGRANT_CHECKPOINT_DISABLE="1",
-                VAGRANT_NO_COLOR="1")
-
-
 # ------------------------------------------------------------------ image
 def build_image(p: LabPaths, out: Path) -> None:
     """mmdebstrap -> ext4 -> qcow2 -> box tarball at ``out``."""
@@ -133,12 +129,12 @@ def build_image(p: LabPaths, out: Path) -> None:
         "--customize-hook=" + "chroot \"$1\" apt-get clean",
         SUITE, str(rootfs), *MIRRORS,
     ]
-    run_logged(cmd, log)
+    run(cmd, log=log)
     fs = work / "fs.ext4"
-    run_logged(["truncate", "-s", IMAGE_SIZE, fs], log)
-    run_logged(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", rootfs, fs], log)
+    run(["truncate", "-s", IMAGE_SIZE, fs], log=log)
+    run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", rootfs, fs], log=log)
     shutil.rmtree(rootfs)
-    run_logged(["qemu-img", "convert", "-O", "qcow2", fs, staging / "box.img"], log)
+    run(["qemu-img", "convert", "-O", "qcow2", fs, staging / "box.img"], log=log)
     fs.unlink()
     (staging / "metadata.json").write_text(json.dumps(
         {"provider": "libvirt", "format": "qcow2", "virtual_size": int(IMAGE_SIZE.rstrip("G"))}))
@@ -153,15 +149,13 @@ def build_image(p: LabPaths, out: Path) -> None:
 
 # ------------------------------------------------------------------ vagrant box
 def box_listed(p: LabPaths) -> bool:
-    out = subprocess.run(["vagrant", "box", "list", "--machine-readable"], env=vagrant_env(p),
-                         capture_output=True, text=True)
+    out = vagrant(p, "box", "list", "--machine-readable", capture=True, check=False)
     return f",box-name,{box_name(p)}" in out.stdout
 
 
 def base_volumes(p: LabPaths) -> list[str]:
     """Base volumes vagrant-libvirt made from this box in the lab's pool."""
-    out = subprocess.run(["virsh", "-c", "qemu:///system", "vol-list", "--pool", p.lab_id],
-                         capture_output=True, text=True)
+    out = virsh("vol-list", "--pool", p.lab_id)
     stem = box_name(p).replace("/", "-VAGRANTSLASH-")
     return [line.split()[0] for line in out.stdout.splitlines()[2:]
             if line.split() and line.split()[0].startswith(stem + "_vagrant_box_image")]
@@ -214,13 +208,10 @@ def build(paths: LabPaths, force: bool = False, vm_exists: bool | None = None,
                  f"`invoke lab.destroy` (new box cached at {out})")
             return digest
         if listed:
-            run_logged(["vagrant", "box", "remove", "--force", "--all", name], log,
-                       env=vagrant_env(paths))
+            vagrant(paths, "box", "remove", "--force", "--all", name)
         for vol in base_volumes(paths):
-            run_logged(["virsh", "-c", "qemu:///system", "vol-delete", "--pool", paths.lab_id, vol],
-                       log)
-        run_logged(["vagrant", "box", "add", "--force", "--name", name, out], log,
-                   env=vagrant_env(paths))
+            virsh("vol-delete", "--pool", paths.lab_id, vol, check=True)
+        vagrant(paths, "box", "add", "--force", "--name", name, str(out))
         installed_file(paths).write_text(json.dumps({"hash": digest, "box": name,
                                                      "file": str(out)}) + "\n")
     return digest

@@ -7,31 +7,59 @@ accounts and its root in memory only, so after every pebble start the lab
 re-registers, re-issues and republishes the root (to the guest trust store,
 done by rc.pebble, and to the host state dir for the tests: never the host's
 system trust store).
+
+Every function takes the task's settings: nothing here reads them from disk.
 """
 
 from __future__ import annotations
 
-import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
 
-from .progress import StageFailed, console, stage
+from .errors import GuestCommandError, StageFailed
+from .guest import Guest
+from .progress import console, info, stage
+from .settings import Settings
 from .state import LabPaths
 
 PEBBLE_MARKER = "/run/ente-lab/pebble.started"
 GUEST_ROOT = "/etc/ente-lab/acme-root.pem"
 REFRESH = "/usr/local/sbin/ente-lab-acme-refresh"
+PEBBLE_LOG_HINT = "./labctl lab.ssh --command 'sudo tail -50 /var/log/pebble.log'"
+HOOK_LOG_HINT = ("the hook's output above names the check that failed; "
+                 "./labctl lab.ssh --command 'sudo apachectl -t; sudo postfix check'")
+# what the hook prints when one of its checks or reloads fails -> where to look
+HOOK_FAILURE_HINTS = {
+    "check FAILED: apachectl configtest":
+        "./labctl lab.ssh --command 'sudo apachectl -t' (the hook refused: Apache's configuration)",
+    "check FAILED: postfix check":
+        "./labctl lab.ssh --command 'sudo postfix check; sudo tail -20 /var/log/maillog' "
+        "(the hook refused: Postfix's configuration)",
+    "reload FAILED: apache":
+        "./labctl lab.ssh --command 'sudo tail -20 /var/log/apache2/error.log'",
+    "reload FAILED: postfix":
+        "./labctl lab.ssh --command 'sudo tail -20 /var/log/maillog'",
+}
 
 
-@dataclass
+def failure_hint(output: str) -> str:
+    """The log to read for a failed issue/renewal: the hook's failed check, else pebble's."""
+    for marker, hint in HOOK_FAILURE_HINTS.items():
+        if marker in output:
+            return hint
+    return PEBBLE_LOG_HINT
+
+
+@dataclass(frozen=True)
 class DehydratedConf:
+    """Where dehydrated keeps things: the values templates/dehydrated/config.j2 writes."""
+
     user: str
-    basedir: str
-    wellknown: str
     domain: str
+    basedir: str = "/etc/dehydrated"
+    wellknown: str = "/var/lib/dehydrated/acme-challenges"
     config: str = "/etc/dehydrated/config"
 
     @property
@@ -43,97 +71,74 @@ class DehydratedConf:
         return f"sudo -n -u {self.user} -H dehydrated -f {self.config} {args}"
 
 
-def _conf_value(text: str, key: str, default: str) -> str:
-    m = re.search(rf'^\s*{key}="?([^"\n]+)"?', text, re.M)
-    return m.group(1) if m else default
+def dehydrated_conf(settings: Settings) -> DehydratedConf:
+    return DehydratedConf(user=settings.acme.user, domain=settings.domain)
 
 
-def dehydrated_conf(paths: LabPaths) -> DehydratedConf:
-    from .settings import load_settings
-    settings, _ = load_settings(paths.root)
-    text = (paths.rendered / "etc/dehydrated/config").read_text()
-    return DehydratedConf(user=settings.acme.user,
-                          basedir=_conf_value(text, "BASEDIR", "/etc/dehydrated"),
-                          wellknown=_conf_value(text, "WELLKNOWN", "/var/lib/dehydrated/acme-challenges"),
-                          domain=settings.domain)
+def _serial(text: str) -> str:
+    out = text.strip()
+    return out.split("=", 1)[1] if out.startswith("serial=") else "-"
 
 
-def sh(conn, cmd: str, check: bool = True, sudo: bool = True):
-    full = f"sudo -n sh -c {shlex.quote(cmd)}" if sudo else cmd
-    res = conn.run(full, hide=True, warn=True)
-    if check and res.exited != 0:
-        raise StageFailed(f"in the VM: {cmd!r} exited {res.exited}: "
-                          f"{(res.stdout + res.stderr).strip()[-1500:]}")
-    return res
-
-
-def served_serial(conn, host: str, port: int, starttls: bool = False) -> str:
+def served_serial(guest: Guest, host: str, port: int, starttls: bool = False) -> str:
     """Serial of the certificate a service presents on loopback in the VM."""
     tls = "-starttls smtp " if starttls else ""
-    res = sh(conn, f"echo | timeout 15 openssl s_client -connect 127.0.0.1:{port} -servername {host} "
-                   f"{tls}2>/dev/null | openssl x509 -noout -serial", check=False, sudo=False)
-    out = res.stdout.strip()
-    return out.split("=", 1)[1] if out.startswith("serial=") else "-"
+    res = guest.run(f"echo | timeout 15 openssl s_client -connect 127.0.0.1:{port} -servername {host} "
+                    f"{tls}2>/dev/null | openssl x509 -noout -serial", check=False, sudo=False)
+    return _serial(res.stdout)
 
 
-def file_serial(conn, conf: DehydratedConf) -> str:
-    res = sh(conn, f"openssl x509 -noout -serial -in {conf.cert}", check=False)
-    out = res.stdout.strip()
-    return out.split("=", 1)[1] if out.startswith("serial=") else "-"
+def file_serial(guest: Guest, conf: DehydratedConf) -> str:
+    return _serial(guest.run(f"openssl x509 -noout -serial -in {conf.cert}", check=False).stdout)
 
 
-def ensure_pebble(conn) -> None:
-    sh(conn, "/etc/rc.d/rc.pebble status >/dev/null 2>&1 || /etc/rc.d/rc.pebble start")
+def ensure_pebble(guest: Guest) -> None:
+    guest.run("/etc/rc.d/rc.pebble status >/dev/null 2>&1 || /etc/rc.d/rc.pebble start",
+              hint=PEBBLE_LOG_HINT)
 
 
-def publish_root(conn, paths: LabPaths) -> Path:
+def publish_root(guest: Guest, paths: LabPaths) -> Path:
     """Copy the current pebble root to the host state dir (for host-side clients)."""
     dest = paths.home / "acme-root.pem"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    res = sh(conn, f"cat {GUEST_ROOT}", sudo=False)
-    dest.write_text(res.stdout)
+    dest.write_text(guest.run(f"cat {GUEST_ROOT}", sudo=False).stdout)
     return dest
 
 
-def issue_with(conn, paths: LabPaths, force: bool = False) -> str:
-    ensure_pebble(conn)
+def issue_with(guest: Guest, paths: LabPaths, force: bool = False) -> str:
+    ensure_pebble(guest)
     # The guest script re-registers (and re-issues) when pebble restarted since
     # the last registration; rc.M runs the same script at every boot.
-    res = sh(conn, f"{REFRESH}{' --force' if force else ''} 2>&1", check=False)
-    output = (res.stdout + res.stderr).strip()
-    if res.exited != 0:
-        raise StageFailed(f"dehydrated failed (exit {res.exited}):\n{output[-2500:]}\n"
-                          "next: ./labctl lab.ssh --command 'sudo tail -50 /var/log/pebble.log'")
-    publish_root(conn, paths)
-    return output
+    res = guest.run(f"{REFRESH}{' --force' if force else ''} 2>&1", check=False)
+    if not res.ok:
+        raise GuestCommandError(f"{REFRESH}{' --force' if force else ''}", res.exited,
+                                guest.redact(res.output), hint=failure_hint(res.output))
+    publish_root(guest, paths)
+    return res.output
 
 
-def issue(paths: LabPaths) -> None:
-    from .connection import connect
+def issue(guest: Guest, paths: LabPaths) -> None:
     with stage("certs: issue from the lab CA (pebble) with dehydrated",
                hint="./labctl lab.ssh --command 'sudo /etc/rc.d/rc.pebble status'"):
-        out = issue_with(connect(paths), paths)
+        out = issue_with(guest, paths)
         for line in out.splitlines()[-8:]:
-            console.print(f"  {line}", markup=False)
+            info(f"  {line}")
 
 
-def renew_with(conn, paths: LabPaths) -> dict:
-    from .settings import load_settings
-    settings, _ = load_settings(paths.root)
-    conf = dehydrated_conf(paths)
-    before = {"apache": served_serial(conn, settings.api_host, 443),
-              "postfix": served_serial(conn, settings.mail_host, 587, starttls=True)}
-    out = issue_with(conn, paths, force=True)
-    after = {"apache": served_serial(conn, settings.api_host, 443),
-             "postfix": served_serial(conn, settings.mail_host, 587, starttls=True),
-             "file": file_serial(conn, conf)}
+def renew_with(guest: Guest, paths: LabPaths, settings: Settings) -> dict:
+    conf = dehydrated_conf(settings)
+    before = {"apache": served_serial(guest, settings.api_host, 443),
+              "postfix": served_serial(guest, settings.mail_host, 587, starttls=True)}
+    out = issue_with(guest, paths, force=True)
+    after = {"apache": served_serial(guest, settings.api_host, 443),
+             "postfix": served_serial(guest, settings.mail_host, 587, starttls=True),
+             "file": file_serial(guest, conf)}
     return {"before": before, "after": after, "output": out}
 
 
-def renew(paths: LabPaths) -> None:
-    from .connection import connect
+def renew(guest: Guest, paths: LabPaths, settings: Settings) -> None:
     with stage("renew: forced renewal through the hook"):
-        r = renew_with(connect(paths), paths)
+        r = renew_with(guest, paths, settings)
     table = Table(title="certificate serials")
     for col in ("service", "before", "after", "matches file"):
         table.add_column(col)
@@ -142,4 +147,5 @@ def renew(paths: LabPaths) -> None:
                       "yes" if r["after"][svc] == r["after"]["file"] else "NO")
     console.print(table)
     if any(r["after"][s] != r["after"]["file"] for s in ("apache", "postfix")):
-        raise StageFailed("a service still serves an old certificate; see the hook output above")
+        raise StageFailed("a service still serves an old certificate; see the hook output above",
+                          hint=HOOK_LOG_HINT)

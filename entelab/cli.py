@@ -1,116 +1,152 @@
-"""Adapters between tasks.py and the package: load settings, map errors to exits.
+"""Adapters between tasks.py and the package: load settings once, map errors to exits.
 
 Each function here is what one task does; the work itself lives in the module
 named after the concept (settings, render, host, box, vm, converge, certs ...).
+Settings are loaded here, once per task, and passed down.
+
+Exit codes (README): 0 ok, 1 a stage failed, 2 bad input (nothing changed),
+70 internal error (traceback in ``<state dir>/logs/internal-error.log``),
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Callable
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.markup import escape
 
 from . import state
-from .progress import StageFailed, console, warn
-from .settings import SettingsError, load_settings
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, LabError, StageFailed
+from .progress import console, report, warn
+from .settings import Settings, load_settings
 
 
-def run(fn: Callable, **kwargs) -> None:
-    """Run a task body; turn the lab's own errors into a message and exit 1."""
+def _internal_log() -> Any:
+    path = state.paths(state.ROOT).logs / "internal-error.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError:
+        return state.ROOT / "build" / "internal-error.log"
+
+
+def run(fn: Callable[..., Any], **kwargs: Any) -> None:
+    """Run a task body; turn errors into one message and the documented exit code."""
     try:
         fn(**kwargs)
-    except SettingsError as exc:
-        console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-        sys.exit(2)
-    except StageFailed as exc:
-        console.print(f"[bold red]failed:[/] {exc}")
-        sys.exit(1)
+    except LabError as exc:
+        report(exc)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception:  # noqa: BLE001 - a bug: log the traceback, one line for the user
+        log = _internal_log()
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as fh:
+                fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {fn.__name__}\n")
+                fh.write(traceback.format_exc())
+        except OSError:
+            pass
+        console.print(f"[bold red]internal error[/] (a bug in ente-lab, not in your input); "
+                      f"the traceback is in {escape(str(log))}")
+        sys.exit(EXIT_INTERNAL)
 
 
 def _paths() -> state.LabPaths:
     return state.paths(state.ROOT)
 
 
-def _settings(overrides):
-    settings, warnings = load_settings(state.ROOT, overrides)
+def load(overrides: Sequence[str] = ()) -> Settings:
+    """The task's settings: loaded once, warnings shown once."""
+    settings, warnings = load_settings(state.ROOT, list(overrides))
     for w in warnings:
         warn(w)
     return settings
 
 
 # ------------------------------------------------------------ settings / render
-def show_settings(overrides) -> None:
+def show_settings(overrides: Sequence[str]) -> None:
     from .render import settings_table
-    console.print(settings_table(_settings(overrides)))
+    console.print(settings_table(load(overrides)))
 
 
-def render(overrides, rotate=False):
-    from . import render as r
-    return r.render_lab(_paths(), _settings(overrides), rotate=rotate)
+def render(overrides: Sequence[str], rotate: bool = False) -> None:
+    from .render import render_lab
+    render_lab(_paths(), load(overrides), rotate=rotate)
 
 
 # ------------------------------------------------------------ host / box / vm
-def host_prepare(dry_run=False):
+def host_prepare(dry_run: bool = False) -> None:
     from . import host
     host.prepare(_paths(), dry_run=dry_run)
 
 
-def host_restore():
+def host_restore() -> None:
     from . import host
     host.restore(_paths())
 
 
-def box(force=False):
-    from . import box as b
-    b.build(_paths(), force=force)
+def box(force: bool = False) -> None:
+    from . import box as boxmod
+    boxmod.build(_paths(), force=force)
 
 
-def up(overrides):
+def up(overrides: Sequence[str]) -> None:
     from . import lab
-    lab.up(_paths(), _settings(overrides))
+    lab.up(_paths(), load(overrides))
 
 
-def down():
+def down() -> None:
     from . import vm
     vm.down(_paths())
 
 
-def destroy(yes=False):
+def destroy(yes: bool = False) -> None:
     from . import vm
     vm.destroy(_paths(), yes=yes)
 
 
-def status():
+def status() -> None:
     from . import lab
     lab.status(_paths())
 
 
-def ssh(command=""):
+def ssh(command: str = "") -> None:
     from . import vm
     vm.ssh(_paths(), command=command)
 
 
-def converge(overrides):
+def converge(overrides: Sequence[str]) -> None:
     from . import converge as cv
-    render(overrides)
-    cv.converge(_paths())
+    from . import lab
+    from .render import render_lab
+    paths = _paths()
+    render_lab(paths, load(overrides))
+    cv.converge(lab.guest(paths), paths)
 
 
-def certs():
+def certs() -> None:
     from . import certs as ct
-    ct.issue(_paths())
+    from . import lab
+    paths = _paths()
+    ct.issue(lab.guest(paths), paths)
 
 
-def renew():
+def renew(overrides: Sequence[str] = ()) -> None:
     from . import certs as ct
-    ct.renew(_paths())
+    from . import lab
+    paths = _paths()
+    ct.renew(lab.guest(paths), paths, load(overrides))
 
 
-def tests(which="all", k="", keep=False):
+def tests(which: str = "all", k: str = "", keep: bool = False) -> None:
     from . import testrun
-    rc = testrun.run(_paths(), which=which, k=k, keep=keep)
+    rc = testrun.run(_paths(), load(), which=which, k=k, keep=keep)
     if rc:
-        raise StageFailed(f"tests failed (pytest exit {rc})")
+        raise StageFailed(f"tests failed (pytest exit {rc})", hint="read the pytest summary above")

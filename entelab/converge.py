@@ -13,13 +13,17 @@ import io
 import json
 import tarfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
+from rich.markup import escape
 from rich.table import Table
 
 from . import agent
-from .progress import StageFailed, console, stage
+from .errors import GuestCommandError, StageFailed
+from .guest import Guest
+from .progress import console, stage
 from .render import Entry, load_manifest
 from .state import LabPaths
 
@@ -33,7 +37,7 @@ def plan(entries: list[Entry], facts: dict) -> list[dict]:
     ops = []
     for e in entries:
         f = facts.get(e.path, {"type": "missing"})
-        base = {"path": e.path, "mode": e.mode, "owner": e.owner, "group": e.group,
+        base: dict[str, object] = {"path": e.path, "mode": e.mode, "owner": e.owner, "group": e.group,
                 "reload": e.reload, "validate": e.validate}
         if e.kind == "link":
             if f.get("type") != "link" or f.get("target") != e.target:
@@ -66,35 +70,11 @@ def bundle(ops: list[dict], rendered: Path) -> bytes:
     return buf.getvalue()
 
 
-class CountingConnection:
-    """Wraps a Fabric Connection and counts SSH round trips (commands + transfers)."""
-
-    def __init__(self, conn):
-        self.conn = conn
-        self.round_trips = 0
-
-    def run(self, cmd: str, **kw):
-        self.round_trips += 1
-        return self.conn.run(cmd, hide=True, warn=True, **kw)
-
-    def put(self, local, remote):
-        self.round_trips += 1
-        return self.conn.put(local, remote)
-
-
-def _inline_agent(args: str) -> str:
-    code = base64.b64encode(AGENT_SRC.encode()).decode()
-    return (f"sudo -n python3 -c 'import base64,sys; exec(base64.b64decode(sys.argv[1]))' "
-            f"{code} {args}")
-
-
-def remote_facts(conn: CountingConnection, entries: list[Entry]) -> dict:
+def remote_facts(guest: Guest, entries: list[Entry]) -> dict[str, Any]:
     payload = base64.b64encode(json.dumps(
         [{"path": e.path, "merge": e.merge} for e in entries]).encode()).decode()
-    res = conn.run(_inline_agent(f"facts {payload}"))
-    if res.exited != 0:
-        raise StageFailed(f"reading facts from the VM failed: {res.stderr.strip()[-500:]}")
-    return json.loads(res.stdout)
+    return cast(dict[str, Any], guest.python(AGENT_SRC, argv=["facts", payload], sudo=True,
+                                             name="converge agent: facts"))
 
 
 @dataclass
@@ -109,26 +89,27 @@ class ConvergeResult:
         return not (self.report.get("refused") or self.report.get("reload_failed"))
 
 
-def converge_with(conn, paths: LabPaths) -> ConvergeResult:
+def converge_with(guest: Guest, paths: LabPaths) -> ConvergeResult:
     start = time.monotonic()
-    cc = CountingConnection(conn)
+    trips = guest.round_trips
     entries = load_manifest(paths)
-    ops = plan(entries, remote_facts(cc, entries))
+    ops = plan(entries, remote_facts(guest, entries))
     result = ConvergeResult(ops=ops)
     if ops:
         local = paths.build / "bundle.tar.gz"
         local.write_bytes(bundle(ops, paths.rendered))
         local.chmod(0o600)
-        cc.put(str(local), f"{REMOTE_BUNDLE}.tar.gz")
-        res = cc.run(f"sudo -n sh -c 'rm -rf {REMOTE_BUNDLE} && mkdir -m 700 {REMOTE_BUNDLE} && "
-                     f"tar -xzf {REMOTE_BUNDLE}.tar.gz -C {REMOTE_BUNDLE} && rm -f {REMOTE_BUNDLE}.tar.gz && "
-                     f"python3 {REMOTE_BUNDLE}/agent.py apply {REMOTE_BUNDLE}; rc=$?; "
-                     f"rm -rf {REMOTE_BUNDLE}; exit $rc'")
+        guest.put(str(local), f"{REMOTE_BUNDLE}.tar.gz")
+        res = guest.run(f"rm -rf {REMOTE_BUNDLE} && mkdir -m 700 {REMOTE_BUNDLE} && "
+                        f"tar -xzf {REMOTE_BUNDLE}.tar.gz -C {REMOTE_BUNDLE} && rm -f {REMOTE_BUNDLE}.tar.gz && "
+                        f"python3 {REMOTE_BUNDLE}/agent.py apply {REMOTE_BUNDLE}; rc=$?; "
+                        f"rm -rf {REMOTE_BUNDLE}; exit $rc", check=False)
         try:
             result.report = json.loads(res.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            raise StageFailed(f"converge apply failed in the VM: {res.stderr.strip()[-800:]}") from None
-    result.round_trips = cc.round_trips
+            raise GuestCommandError("converge agent: apply", res.exited, guest.redact(res.stderr),
+                                    hint="./labctl lab.ssh --command 'sudo python3 --version'") from None
+    result.round_trips = guest.round_trips - trips
     result.seconds = time.monotonic() - start
     return result
 
@@ -147,30 +128,27 @@ def show(result: ConvergeResult) -> None:
                       "[red]REFUSED (live file kept)[/]" if op["path"] in refused else "[green]installed[/]")
     console.print(table)
     for path, out in refused.items():
-        console.print(f"[red]refused[/] {path}: validation failed:\n{out}")
+        console.print(f"[red]refused[/] {escape(path)}: validation failed:\n{escape(out)}")
     console.print(f"reloaded: {', '.join(result.report.get('reloaded', [])) or 'nothing'}")
     for svc, out in result.report.get("reload_failed", {}).items():
-        console.print(f"[red]reload failed[/] {svc}: {out}\n  next: ./labctl lab.ssh -c '/etc/rc.d/rc.{svc} status'")
+        console.print(f"[red]reload failed[/] {escape(svc)}: {escape(out)}\n"
+                      f"  next: ./labctl lab.ssh -c '/etc/rc.d/rc.{svc} status'")
     console.print(f"converge: {len(result.ops) - len(refused)} changed, {len(refused)} refused, "
                   f"{result.round_trips} SSH round trips, {result.seconds:.1f}s")
 
 
-def converge(paths: LabPaths) -> ConvergeResult:
-    from .connection import connect
+def converge(guest: Guest, paths: LabPaths) -> ConvergeResult:
     with stage("converge: push rendered files that differ", hint="./labctl lab.status; ./labctl lab.ssh"):
-        result = converge_with(connect(paths), paths)
+        result = converge_with(guest, paths)
         show(result)
         if not result.ok:
             raise StageFailed("some files were refused or a reload failed (see above)")
     return result
 
 
-def last_converge(conn) -> dict:
-    res = conn.run(f"cat {agent.STATE_FILE} 2>/dev/null || echo '{{}}'", hide=True, warn=True)
+def last_converge(guest: Guest) -> dict[str, Any]:
+    text = guest.read(agent.STATE_FILE, sudo=False)
     try:
-        return json.loads(res.stdout or "{}")
+        return cast(dict[str, Any], json.loads(text or "{}"))
     except ValueError:
         return {}
-
-
-__all__ = ["plan", "bundle", "converge", "converge_with", "ConvergeResult", "asdict"]

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+from paramiko.ssh_exception import SSHException
 
 from .errors import GuestCommandError
 from .state import LabPaths
@@ -108,7 +110,14 @@ class Guest:
         """
         full = f"sudo -n sh -c {shlex.quote(cmd)}" if sudo else cmd
         self.round_trips += 1
-        res = self.conn.run(full, hide=True, warn=True, timeout=timeout)
+        try:
+            res = self.conn.run(full, hide=True, warn=True, timeout=timeout)
+        except CommandTimedOut:
+            raise GuestCommandError(self.redact(shown or cmd), 124, f"timed out after {timeout}s",
+                                    hint=hint) from None
+        except (OSError, SSHException) as exc:
+            raise GuestCommandError(self.redact(shown or cmd), 255, f"SSH to the VM failed: {exc}",
+                                    hint="./labctl lab.status (is the VM running?)") from None
         out = Result(cmd, res.exited, res.stdout, res.stderr)
         if check and not out.ok:
             raise GuestCommandError(self.redact(shown or cmd), out.exited,
@@ -135,10 +144,21 @@ class Guest:
             raise GuestCommandError(name, res.exited, "no JSON answer: "
                                     + self.redact(res.output), hint=hint) from None
 
+    def spawn_python(self, program: str, argv: Iterable[str] = (), sudo: bool = False) -> str:
+        """Start a Python program in the background (a test backend, say); returns its pid."""
+        code = base64.b64encode(program.encode()).decode()
+        args = " ".join(shlex.quote(a) for a in argv)
+        return self.run(f"setsid nohup {_PY_EXEC} {code} {args} >/dev/null 2>&1 & echo $!",
+                        sudo=sudo, shown="background python program").stdout.strip()
+
     def put(self, local: str, remote: str) -> None:
         """Copy a host file into the VM (as the SSH user)."""
         self.round_trips += 1
-        self.conn.put(local, remote)
+        try:
+            self.conn.put(local, remote)
+        except (OSError, SSHException) as exc:
+            raise GuestCommandError(f"put {remote}", 255, f"SSH to the VM failed: {exc}",
+                                    hint="./labctl lab.status (is the VM running?)") from None
 
     def read(self, path: str, sudo: bool = True) -> str:
         """A file's text (empty when it does not exist)."""

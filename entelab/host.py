@@ -16,23 +16,22 @@ import os
 import pwd
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
-from .progress import StageFailed, info, run_logged, stage, warn
+from .errors import StageFailed
+from .hostrun import LIBVIRT_URI, run, virsh
+from .progress import info, stage, warn
 from .state import LabPaths, ensure_dirs
-
-LIBVIRT_URI = "qemu:///system"
 
 # What the host needs. dnsmasq-base (the binary libvirt runs) rather than the
 # dnsmasq service that would hold port 53; no ovmf (direct kernel boot).
 APT_PACKAGES = [
     "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients",
     "dnsmasq-base", "iptables", "iproute2", "vagrant", "vagrant-libvirt", "mmdebstrap",
-    "e2fsprogs", "procps",   # mkfs.ext4 -d for the image, pgrep (absent from minimal images)
+    "e2fsprogs", "procps", "openssl",   # mkfs.ext4 -d for the image, pgrep (absent from minimal images)
 ]
 # Command each package provides, for the message on other systems.
 OTHER_SYSTEMS = """\
@@ -100,8 +99,8 @@ def systemd_is_init() -> bool:
 
 def missing_packages(packages=APT_PACKAGES) -> list[str]:
     """Packages dpkg does not report as installed."""
-    out = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *packages],
-                         capture_output=True, text=True).stdout
+    out = run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *packages],
+              check=False).stdout
     installed = {line.split()[0] for line in out.splitlines()
                  if len(line.split()) >= 2 and line.split()[1].startswith("ii")}
     return [pkg for pkg in packages if pkg not in installed]
@@ -124,12 +123,11 @@ def _pidfile_pid(pidfile: Path) -> int | None:
 
 def daemon_running(name: str) -> bool:
     """Is a process of this name running (anyone's)? Read-only check via pgrep."""
-    return subprocess.run(["pgrep", "-x", name], capture_output=True).returncode == 0
+    return run(["pgrep", "-x", name], check=False).ok
 
 
 def libvirt_ready() -> bool:
-    return subprocess.run(["virsh", "-c", LIBVIRT_URI, "list", "--name"], capture_output=True,
-                          timeout=30).returncode == 0
+    return virsh("list", "--name", timeout=30).ok
 
 
 def wait_libvirt(timeout: float = 60) -> None:
@@ -146,8 +144,7 @@ def _fw_chains() -> dict[str, list[str]]:
     if not shutil.which("iptables"):
         return found
     for table, chains in LIBVIRT_CHAINS.items():
-        out = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True,
-                             text=True).stdout
+        out = run(["iptables", "-w", "-t", table, "-S"], check=False).stdout
         lines = out.splitlines()
         present = [c for c in chains if f"-N {c}" in lines]
         if present:
@@ -165,10 +162,10 @@ def _apt_install(p: LabPaths, packages: list[str]) -> None:
         POLICY_RC_D.chmod(0o755)
         created_policy = True
     try:
-        run_logged(["apt-get", "update"], log, env=env)
-        run_logged(["apt-get", "install", "-y", "--no-install-recommends",
+        run(["apt-get", "update"], log=log, env=env)
+        run(["apt-get", "install", "-y", "--no-install-recommends",
                     "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
-                    *packages], log, env=env)
+                    *packages], log=log, env=env)
     finally:
         if created_policy:
             POLICY_RC_D.unlink(missing_ok=True)
@@ -227,7 +224,7 @@ def _start_daemon(p: LabPaths, name: str) -> int:
     cmd = daemon_command(p, name, pidfile)
     if cmd[0] == "unshare":
         info(f"  {name}: /dev/kvm masked in its mount namespace (its QEMU user cannot use it)")
-    run_logged(cmd, log)
+    run(cmd, log=log)
 
     poll = retry(stop=stop_after_delay(20), wait=wait_fixed(0.2),
                  retry=retry_if_result(lambda pid: pid is None), retry_error_callback=lambda s: None)
@@ -265,7 +262,7 @@ def prepare(paths: LabPaths, dry_run: bool = False) -> None:
                 if dry_run:
                     info("  would run: systemctl start libvirtd")
                     return
-                run_logged(["systemctl", "start", "libvirtd"], paths.logs / "host-prepare.log")
+                run(["systemctl", "start", "libvirtd"], log=paths.logs / "host-prepare.log")
             wait_libvirt()
             return
         started = list(rec.get("started", []))
@@ -307,8 +304,8 @@ def install_test_tools(paths: LabPaths) -> None:
         if not is_debian_like():
             raise StageFailed(f"install these yourself (Debian names): {' '.join(missing)}")
         info(f"  installing: {' '.join(missing)}")
-        subprocess.run(["debconf-set-selections"], input="postfix postfix/main_mailer_type select Local only\n"
-                       "postfix postfix/mailname string ente-lab.invalid\n", text=True, check=False)
+        run(["debconf-set-selections"], input="postfix postfix/main_mailer_type select Local only\n"
+            "postfix postfix/mailname string ente-lab.invalid\n", check=False)
         _apt_install(paths, missing)
 
 
@@ -326,8 +323,7 @@ def _stop_pid(pid: int, name: str, timeout: float = 20) -> None:
 
 
 def _foreign_running_domains(lab_id: str) -> list[str]:
-    out = subprocess.run(["virsh", "-c", LIBVIRT_URI, "list", "--name"], capture_output=True,
-                         text=True, timeout=30)
+    out = virsh("list", "--name", timeout=30)
     return [d for d in out.stdout.split() if d and not d.startswith(lab_id + "_")]
 
 
@@ -338,18 +334,20 @@ def _remove_fw_chains(before: dict[str, list[str]]) -> list[str]:
         ours = [c for c in chains if c not in before.get(table, [])]
         if not ours:
             continue
-        rules = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True,
-                               text=True).stdout.splitlines()
+        rules = run(["iptables", "-w", "-t", table, "-S"], check=False).stdout.splitlines()
         for rule in rules:
             parts = rule.split()
             if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1] in ours \
                     and parts[1] not in ours:
-                subprocess.run(["iptables", "-w", "-t", table, "-D", *parts[1:]], capture_output=True)
+                run(["iptables", "-w", "-t", table, "-D", *parts[1:]], check=False)
         for chain in ours:
-            subprocess.run(["iptables", "-w", "-t", table, "-F", chain], capture_output=True)
+            run(["iptables", "-w", "-t", table, "-F", chain], check=False)
         for chain in ours:
-            subprocess.run(["iptables", "-w", "-t", table, "-X", chain], capture_output=True)
-            removed.append(f"{table}/{chain}")
+            if run(["iptables", "-w", "-t", table, "-X", chain], check=False).ok:
+                removed.append(f"{table}/{chain}")
+            else:
+                warn(f"firewall chain {table}/{chain} could not be removed "
+                     f"(see `iptables -t {table} -S {chain}`)")
     return removed
 
 

@@ -1,37 +1,49 @@
-"""The lab as a whole: bring it up stage by stage, and show its status."""
+"""The lab as a whole: bring it up stage by stage, and show its status.
+
+Each task loads the settings once (``cli``) and passes them down; nothing here
+or below reads them from disk again.
+"""
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
-from . import accel, host, vm
+from . import accel, certs, converge, host, verify, vm
 from . import box as boxmod
+from . import secrets as secrets_mod
+from .errors import LabError
+from .guest import Guest
 from .progress import console, stage
+from .render import render_lab
+from .settings import Settings
 from .state import LabPaths, ensure_dirs
 
 
-def render(paths: LabPaths, settings) -> None:
-    from . import render as r
-    with stage("render"):
-        r.render_lab(paths, settings)
+def guest(paths: LabPaths) -> Guest:
+    """The guest runner for this lab, redacting every lab secret from its errors."""
+    try:
+        known = secrets_mod.load_or_create(paths.secrets, dry_run=True)[0].values()
+    except LabError:
+        known = []
+    return Guest.reach(paths, secrets=known)
 
 
-def up(paths: LabPaths, settings) -> None:
+def up(paths: LabPaths, settings: Settings) -> None:
     ensure_dirs(paths)
     host.prepare(paths)
-    render(paths, settings)
+    with stage("render"):
+        render_lab(paths, settings)
     boxmod.build(paths, prepare=False)
     if settings.vm.accel == "auto":
         accel.probe(paths)
     vm.up(paths)
-    # converge -> certificates -> smoke check (issues 4 and 5)
-    from . import certs, converge, verify
-    from .connection import connect
     with stage("boot: wait for rc.M (rc-slackware.service) to finish starting services"):
-        verify.wait_boot(connect(paths))
-    converge.converge(paths)
-    certs.issue(paths)
-    verify.smoke(paths)
+        g = guest(paths)
+        verify.wait_boot(g)
+    converge.converge(g, paths)
+    certs.issue(g, paths)
+    verify.smoke(g, settings)
 
 
 def status(paths: LabPaths) -> None:
@@ -51,15 +63,13 @@ def status(paths: LabPaths) -> None:
 
 def _guest_status(paths: LabPaths, table: Table) -> None:
     """Each service's state (from its rc.d script) and the last converge."""
-    from . import converge, verify
-    from .connection import connect
     try:
-        conn = connect(paths)
-        for name, st in verify.services(conn).items():
+        g = guest(paths)
+        for name, st in verify.services(g).items():
             table.add_row(f"rc.{name}", st if st == "stopped" else f"[green]{st}[/]")
-        last = converge.last_converge(conn)
-    except Exception as exc:  # noqa: BLE001 - status must still print what it has
-        table.add_row("guest", f"[red]unreachable over SSH: {exc}[/]")
+        last = converge.last_converge(g)
+    except LabError as exc:     # status must still print what it has
+        table.add_row("guest", f"[red]unreachable over SSH: {escape(exc.message)}[/]")
         return
     if last:
         table.add_row("last converge", f"{last.get('time', '?')}: {last.get('changed', 0)} changed, "

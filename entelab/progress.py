@@ -1,25 +1,26 @@
 """Progress for every user-facing step: one line per stage with its duration.
 
-Long steps send their output to a log file (``run_logged``); the user sees the
-stage line, and on failure the last lines of the log and its path.
+Long steps send their output to a log file (``hostrun.run(log=...)``); the user
+sees the stage line, and on failure: the error once, the last lines of the log
+named by the error (or the stage's own log) and what to look at next.
 """
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from rich.console import Console
+from rich.markup import escape
+
+from .errors import LabError, StageFailed
 
 console = Console(highlight=False, stderr=False)
 
-
-class StageFailed(Exception):
-    """A stage failed; the message says what to look at next."""
+__all__ = ["StageFailed", "console", "info", "report", "stage", "warn"]
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -30,46 +31,61 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
+def report(exc: LabError, prefix: str = "") -> None:
+    """Print a lab error once: the message, the log's tail, then the hint."""
+    if exc.reported:
+        return
+    exc.reported = True
+    console.print(f"[bold red]{escape(prefix or exc.label)}:[/] {escape(exc.message)}")
+    log = Path(exc.log) if exc.log else None
+    if log is not None and log.exists():
+        console.print(f"[dim]--- last lines of {escape(str(log))} ---[/]")
+        console.print(_tail(log), markup=False, end="")
+        console.print(f"[dim]--- full log: {escape(str(log))} ---[/]")
+    if exc.hint:
+        console.print(f"[yellow]next:[/] {escape(exc.hint)}")
+
+
 @contextmanager
 def stage(name: str, log: Path | None = None, hint: str = "") -> Iterator[None]:
-    """Announce a stage, time it, report ok/failed. Re-raises as StageFailed."""
+    """Announce a stage, time it, report ok/failed.
+
+    A failure is printed here, once (``report``), and re-raised as a ``LabError``
+    marked reported: a ``LabError`` keeps its own kind (and exit code), gaining
+    this stage's log and hint when it has none; an ``OSError`` (a file, a
+    socket) becomes ``StageFailed``. Anything else is a bug in the lab: it is
+    re-raised as it is, for ``cli.run`` to log (exit 70). ``KeyboardInterrupt``
+    passes through untouched.
+    """
     start = time.monotonic()
-    console.print(f"[bold cyan]>>[/] {name} ...")
+    console.print(f"[bold cyan]>>[/] {escape(name)} ...")
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - reported, then re-raised
+    except LabError as exc:
         took = time.monotonic() - start
-        console.print(f"[bold red]FAILED[/] {name} after {took:.1f}s: {exc}")
-        if log is not None and log.exists():
-            console.print(f"[dim]--- last lines of {log} ---[/]")
-            console.print(_tail(log), markup=False, end="")
-            console.print(f"[dim]--- full log: {log} ---[/]")
-        if hint:
-            console.print(f"[yellow]next:[/] {hint}")
-        if isinstance(exc, StageFailed):
-            raise
-        raise StageFailed(f"{name}: {exc}") from exc
+        if not exc.reported:
+            exc.log = exc.log or (str(log) if log else None)
+            exc.hint = exc.hint or hint
+            console.print(f"[bold red]FAILED[/] {escape(name)} after {took:.1f}s")
+            report(exc)
+        raise
+    except OSError as exc:
+        took = time.monotonic() - start
+        console.print(f"[bold red]FAILED[/] {escape(name)} after {took:.1f}s")
+        err = StageFailed(f"{name}: {exc}", hint=hint, log=str(log) if log else None)
+        report(err)
+        raise err from exc
+    except Exception:
+        took = time.monotonic() - start
+        console.print(f"[bold red]FAILED[/] {escape(name)} after {took:.1f}s (internal error)")
+        raise
     took = time.monotonic() - start
-    console.print(f"[bold green]ok[/] {name} ({took:.1f}s)")
-
-
-def run_logged(cmd: Sequence[str], log: Path, env: dict | None = None,
-               cwd: Path | None = None, check: bool = True) -> int:
-    """Run a command with stdout+stderr appended to ``log``; raise on failure."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as fh:
-        fh.write(f"\n$ {' '.join(map(str, cmd))}\n")
-        fh.flush()
-        rc = subprocess.call(list(map(str, cmd)), stdout=fh, stderr=subprocess.STDOUT,
-                             env=env, cwd=cwd)
-    if check and rc != 0:
-        raise StageFailed(f"{cmd[0]} exited {rc} (see {log})")
-    return rc
+    console.print(f"[bold green]ok[/] {escape(name)} ({took:.1f}s)")
 
 
 def info(msg: str) -> None:
-    console.print(msg)
+    console.print(msg, markup=False)
 
 
 def warn(msg: str) -> None:
-    console.print(f"[yellow]warning:[/] {msg}")
+    console.print(f"[yellow]warning:[/] {escape(msg)}")

@@ -20,8 +20,9 @@ import yaml
 from rich.table import Table
 
 from . import secrets as secrets_mod
+from .errors import TemplateError
 from .progress import console, info
-from .settings import Settings, SettingsError
+from .settings import Settings
 from .state import ROOT, LabPaths, default_box_name
 
 TEMPLATES = ROOT / "templates"
@@ -93,7 +94,7 @@ def _services() -> list[tuple[str, dict]]:
 
 def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
                 lab_id: str = "") -> list[tuple[Entry, bytes]]:
-    """Render every file in memory. Raises SettingsError on any template problem."""
+    """Render every file in memory. Raises TemplateError on any template problem."""
     env = _env()
     ctx = context(settings, secrets, lab_id)
     rendered: list[tuple[Entry, bytes]] = []
@@ -132,7 +133,7 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
             entry.sha256 = hashlib.sha256(f"link:{target}".encode()).hexdigest()
             rendered.append((entry, b""))
     if problems:
-        raise SettingsError(problems)
+        raise TemplateError(problems)
     return rendered
 
 

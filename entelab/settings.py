@@ -28,6 +28,8 @@ from pydantic import (
     field_validator,
 )
 
+from .errors import FIX_HINT, SettingsError  # noqa: F401 - SettingsError is part of this module's API
+
 DEFAULTS_FILE = Path(__file__).with_name("settings.defaults.yaml")
 LOCAL_FILE_NAME = "settings.local.yaml"
 ENV_SETTINGS_FILE = "ENTE_LAB_SETTINGS"
@@ -46,16 +48,6 @@ IMAGE_REF = re.compile(
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
 
-FIX_HINT = "fix it in settings.local.yaml or the --set option"
-
-
-class SettingsError(Exception):
-    """Invalid settings: every problem, one line each, key first."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems)
-                         + f"\n  ({FIX_HINT}; nothing was written)")
 
 
 def is_hostname(value: str) -> bool:
@@ -67,7 +59,7 @@ def is_hostname(value: str) -> bool:
 
 def is_email(value: str) -> bool:
     m = EMAIL.match(value)
-    return bool(m) and is_hostname(m.group(1).lower())
+    return m is not None and is_hostname(m.group(1).lower())
 
 
 # --------------------------------------------------------------------------- model
@@ -245,7 +237,7 @@ class Vm(_Section):
             raise ValueError(f"must be between 1 and this host's {cores} cores")
         return v
 
-    _net = field_validator("management_network")(Docker._net.__func__)
+    _net = field_validator("management_network")(Docker._net.__func__)  # type: ignore[attr-defined]
 
 
 class Settings(_Section):
@@ -364,7 +356,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Any) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc)
     value = err.get("input")
@@ -389,8 +381,8 @@ def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
     errors: list[str] = []
     warnings: list[str] = []
     d = s.docker
-    subnet = ipaddress.ip_network(d.subnet)
-    ip_range = ipaddress.ip_network(d.ip_range)
+    subnet = ipaddress.IPv4Network(d.subnet)
+    ip_range = ipaddress.IPv4Network(d.ip_range)
     gateway = ipaddress.ip_address(d.gateway)
     museum = ipaddress.ip_address(d.museum_ip)
     mgmt = ipaddress.ip_network(s.vm.management_network)

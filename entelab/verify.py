@@ -8,14 +8,17 @@ the services are, and no traffic leaves the lab.
 
 from __future__ import annotations
 
-import base64
-import json
 import shlex
 import textwrap
+from typing import Any, cast
 
+from rich.markup import escape
 from rich.table import Table
 
-from .progress import StageFailed, console, stage
+from .errors import GuestCommandError, StageFailed
+from .guest import Guest
+from .progress import console, stage
+from .settings import Settings
 
 LAB_ROOT = "/etc/ente-lab/acme-root.pem"
 
@@ -23,12 +26,12 @@ _PRELUDE = textwrap.dedent("""
     import json, socket, ssl, smtplib, sys, urllib.request, http.client
     ARGS = json.loads(sys.argv[1])
     def ctx():
-        c = ssl.create_default_context(cafile=ARGS.get("cafile", %r))
+        c = ssl.create_default_context(cafile=ARGS.get("cafile", LAB_ROOT))
         if ARGS.get("no_verify"):   # only for probes that connect by address
             c.check_hostname = False
             c.verify_mode = ssl.CERT_NONE
         return c
-""" % LAB_ROOT)
+""").replace("LAB_ROOT", repr(LAB_ROOT))
 
 HTTPS_GET = _PRELUDE + textwrap.dedent("""
     host, path, port = ARGS["host"], ARGS["path"], ARGS.get("port", 443)
@@ -88,83 +91,70 @@ SMTP_SESSION = _PRELUDE + textwrap.dedent("""
 """)
 
 
-def guest_python(conn, program: str, args: dict, sudo: bool = False, netns: str = "") -> dict:
-    """Run a probe program in the guest; return its JSON output."""
-    code = base64.b64encode(program.encode()).decode()
-    cmd = (f"python3 -c 'import base64,sys; exec(base64.b64decode(sys.argv.pop(1)))' "
-           f"{code} {shlex.quote(json.dumps(args))}")
-    if netns:
-        cmd = f"ip netns exec {netns} {cmd}"
-    if sudo or netns:
-        cmd = "sudo -n " + cmd
-    res = conn.run(cmd, hide=True, warn=True)
-    if res.exited != 0:
-        raise StageFailed(f"probe failed in the VM: {res.stderr.strip()[-1200:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def probe(guest: Guest, program: str, args: dict, name: str, netns: str = "") -> dict[str, Any]:
+    """Run a probe program in the guest; return its JSON answer."""
+    return cast(dict[str, Any], guest.python(program, args, netns=netns, name=name))
 
 
-def https_get(conn, host: str, path: str = "/", **kw) -> dict:
-    return guest_python(conn, HTTPS_GET, {"host": host, "path": path, **kw})
+def https_get(guest: Guest, host: str, path: str = "/", **kw: Any) -> dict[str, Any]:
+    return probe(guest, HTTPS_GET, {"host": host, "path": path, **kw}, f"HTTPS probe of {host}{path}")
 
 
-def smtp_session(conn, host: str, **kw) -> dict:
-    return guest_python(conn, SMTP_SESSION, {"host": host, **kw})
+def smtp_session(guest: Guest, host: str, netns: str = "", **kw: Any) -> dict[str, Any]:
+    return probe(guest, SMTP_SESSION, {"host": host, **kw}, f"SMTP probe of {host}", netns=netns)
 
 
-def resolve(conn, name: str) -> list[str]:
-    res = conn.run(f"dig +short +time=2 +tries=1 @127.0.0.1 {shlex.quote(name)}", hide=True, warn=True)
+def resolve(guest: Guest, name: str) -> list[str]:
+    res = guest.run(f"dig +short +time=2 +tries=1 @127.0.0.1 {shlex.quote(name)}", sudo=False,
+                    check=False)
     return res.stdout.split()
 
 
-def wait_boot(conn, timeout: float = 900) -> str:
+def wait_boot(guest: Guest, timeout: float = 900) -> str:
     """Wait until the boot's rc.M (rc-slackware.service) has finished starting services."""
     from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
     @retry(retry=retry_if_result(lambda st: st in ("activating", "")), stop=stop_after_delay(timeout),
-           wait=wait_fixed(3), retry_error_callback=lambda rs: rs.outcome.result())
+           wait=wait_fixed(3), retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else "")
     def state() -> str:
-        return conn.run("systemctl is-active rc-slackware.service", hide=True, warn=True).stdout.strip()
+        return guest.run("systemctl is-active rc-slackware.service", sudo=False,
+                         check=False).stdout.strip()
 
     st = state()
     if st in ("activating", ""):
-        raise StageFailed(f"rc-slackware.service still starting after {timeout:.0f}s; "
-                          "next: ./labctl lab.ssh --command 'journalctl -u rc-slackware'")
+        raise StageFailed(f"rc-slackware.service still starting after {timeout:.0f}s",
+                          hint="./labctl lab.ssh --command 'journalctl -u rc-slackware'")
     return st
 
 
-def services(conn) -> dict[str, str]:
+def services(guest: Guest) -> dict[str, str]:
     """State of each service from its rc.d script."""
-    res = conn.run("for s in dnsmasq saslauthd postfix pebble httpd docker; do "
-                   "printf '%s ' $s; sudo -n /etc/rc.d/rc.$s status >/dev/null 2>&1 && echo running "
-                   "|| echo stopped; done", hide=True, warn=True)
+    res = guest.run("for s in dnsmasq saslauthd postfix pebble httpd docker; do "
+                    "printf '%s ' $s; /etc/rc.d/rc.$s status >/dev/null 2>&1 && echo running "
+                    "|| echo stopped; done", check=False)
     return dict(line.split(" ", 1) for line in res.stdout.strip().splitlines() if " " in line)
 
 
-def smoke(paths) -> None:
-    """Short smoke check printed at the end of lab.up."""
-    from .connection import connect
-    from .settings import load_settings
-    settings, _ = load_settings(paths.root)
+def smoke(guest: Guest, settings: Settings) -> None:
+    """Short smoke check printed at the end of lab.up, for the task's settings."""
     with stage("smoke: services, DNS, TLS on 443 and 587"):
-        conn = connect(paths)
         table = Table(title="ente-lab smoke check")
         table.add_column("check")
         table.add_column("result")
-        for name, st in services(conn).items():
+        for name, st in services(guest).items():
             table.add_row(f"rc.{name}", st)
-        table.add_row(f"dns {settings.api_host}", " ".join(resolve(conn, settings.api_host)) or "NXDOMAIN")
-        table.add_row("dns ente-museum." + settings.docker.network,
-                      " ".join(resolve(conn, "ente-museum." + settings.docker.network)) or "NXDOMAIN")
+        for name in (settings.api_host, "ente-museum." + settings.docker.network):
+            table.add_row(f"dns {name}", " ".join(resolve(guest, name)) or "NXDOMAIN")
         try:
-            r = https_get(conn, settings.api_host, "/.well-known/acme-challenge/")
+            r = https_get(guest, settings.api_host, "/.well-known/acme-challenge/")
             table.add_row(f"https://{settings.api_host} (verified)", f"TLS ok, serial {r['serial']}")
-        except StageFailed as exc:
-            table.add_row(f"https://{settings.api_host}", f"[red]{exc}[/]")
+        except GuestCommandError as exc:
+            table.add_row(f"https://{settings.api_host}", f"[red]{escape(exc.message)}[/]")
         try:
-            r = smtp_session(conn, settings.mail_host)
+            r = smtp_session(guest, settings.mail_host)
             ok = "STARTTLS" in r["ehlo_plain"] and "serial" in r
             table.add_row(f"smtp://{settings.mail_host}:587", f"STARTTLS verified, serial {r['serial']}"
                           if ok else "[red]no STARTTLS[/]")
-        except StageFailed as exc:
-            table.add_row(f"smtp://{settings.mail_host}:587", f"[red]{exc}[/]")
+        except GuestCommandError as exc:
+            table.add_row(f"smtp://{settings.mail_host}:587", f"[red]{escape(exc.message)}[/]")
         console.print(table)

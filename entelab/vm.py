@@ -9,25 +9,18 @@ one line per stage. Every libvirt object carries the lab id: storage pool
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .progress import StageFailed, info, stage, warn
+from . import accel
+from .errors import StageFailed
+from .hostrun import vagrant, vagrant_log, virsh
+from .progress import info, stage, warn
 from .state import LabPaths, ensure_dirs
 
-URI = "qemu:///system"
 MACHINE = "default"
-
-
-def virsh(*args: str, check: bool = False) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["virsh", "-c", URI, *args], capture_output=True, text=True, timeout=120)
-    if check and proc.returncode != 0:
-        raise StageFailed(f"virsh {' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
 
 
 def domain_name(p: LabPaths) -> str:
@@ -39,12 +32,12 @@ def network_name(p: LabPaths) -> str:
 
 
 def domain_exists(p: LabPaths) -> bool:
-    return virsh("dominfo", domain_name(p)).returncode == 0
+    return virsh("dominfo", domain_name(p)).ok
 
 
 def domain_state(p: LabPaths) -> str:
     proc = virsh("domstate", domain_name(p))
-    return proc.stdout.strip() if proc.returncode == 0 else "not created"
+    return proc.stdout.strip() if proc.ok else "not created"
 
 
 # ------------------------------------------------------------------ libvirt objects
@@ -58,7 +51,7 @@ def ensure_pool(p: LabPaths) -> None:
     ensure_dirs(p)
     name = p.lab_id
     info_ = virsh("pool-info", name)
-    if info_.returncode == 0:
+    if info_.ok:
         xml = virsh("pool-dumpxml", name, check=True).stdout
         target = ET.fromstring(xml).findtext("./target/path") or ""
         if Path(target) != p.pool:
@@ -88,46 +81,21 @@ def provider(p: LabPaths) -> str:
         return "libvirt"
 
 
-def vagrant_env(p: LabPaths) -> dict:
-    env = dict(os.environ, VAGRANT_HOME=str(p.vagrant_home), VAGRANT_CHECKPOINT_DISABLE="1",
-               VAGRANT_NO_COLOR="1", VAGRANT_DEFAULT_PROVIDER=provider(p),
-               ENTE_LAB_STATE_DIR=str(p.home), ENTE_LAB_ID=p.lab_id)
-    return env
-
-
-def log_path(p: LabPaths) -> Path:
-    return p.logs / "vagrant.log"
-
-
 def _vagrant(p: LabPaths):
-    import vagrant
+    """python-vagrant, for the one query it answers well (ssh-config); its output
+    goes to the lab's vagrant.log."""
+    import vagrant as pyvagrant
+
+    from .hostrun import vagrant_env
 
     ensure_dirs(p)
-    log = log_path(p)
-    cm = vagrant.make_file_cm(str(log), mode="a")
-    v = vagrant.Vagrant(root=str(p.root), out_cm=cm, err_cm=cm, env=vagrant_env(p))
-    return v
+    cm = pyvagrant.make_file_cm(str(vagrant_log(p)), mode="a")
+    return pyvagrant.Vagrant(root=str(p.root), out_cm=cm, err_cm=cm,
+                             env=vagrant_env(p, provider(p)))
 
 
-def _run_vagrant(p: LabPaths, *args: str) -> None:
-    """Run `vagrant ARGS --no-tty` with output appended to the log."""
-    log = log_path(p)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as fh:
-        fh.write(f"\n$ vagrant {' '.join(args)}\n")
-        fh.flush()
-        rc = subprocess.call(["vagrant", *args], stdout=fh, stderr=subprocess.STDOUT,
-                             cwd=p.root, env=vagrant_env(p), stdin=subprocess.DEVNULL)
-    if rc != 0:
-        raise StageFailed(f"vagrant {args[0]} exited {rc} (see {log})")
-
-
-def vagrant_status(p: LabPaths) -> str:
-    """Vagrant's view: running, shutoff, not_created, ..."""
-    try:
-        return _vagrant(p).status()[0].state or "unknown"
-    except Exception:  # noqa: BLE001 - vagrant not ready / not configured
-        return "unknown"
+def libvirt_up() -> bool:
+    return bool(shutil.which("virsh")) and virsh("uri").ok
 
 
 def _clean_leftovers(p: LabPaths) -> None:
@@ -147,7 +115,7 @@ def _clean_leftovers(p: LabPaths) -> None:
         virsh("destroy", dom)
         virsh("undefine", dom, "--nvram")
     vol = f"{dom}.img"
-    if virsh("vol-info", "--pool", p.lab_id, vol).returncode == 0:
+    if virsh("vol-info", "--pool", p.lab_id, vol).ok:
         warn(f"removing leftover volume {vol} (no domain uses it)")
         virsh("vol-delete", "--pool", p.lab_id, vol)
 
@@ -157,29 +125,30 @@ def up(paths: LabPaths) -> None:
         warn(f"{paths.vagrant_json} missing: the Vagrantfile uses its defaults (run lab.render)")
     if provider(paths) != "libvirt":
         with stage(f"vagrant up ({provider(paths)}; not run on the lab's own machines)",
-                   log=log_path(paths)):
-            _run_vagrant(paths, "up", "--provider", provider(paths), "--no-tty", "--no-provision")
+                   log=vagrant_log(paths)):
+            vagrant(paths, "up", "--provider", provider(paths), "--no-tty", "--no-provision",
+                    provider=provider(paths))
         _forget_ssh_config(paths)
         return
     ensure_pool(paths)
     _clean_leftovers(paths)
     before = domain_state(paths)
     name = "vagrant up (boot)" if before in ("not created", "shut off") else "vagrant up"
-    with stage(f"{name}: was {before}", log=log_path(paths),
+    with stage(f"{name}: was {before}", log=vagrant_log(paths),
                hint=f"see the serial console log {paths.logs / 'console.log'} and `invoke lab.status`"):
-        _run_vagrant(paths, "up", "--provider", "libvirt", "--no-tty", "--no-provision")
+        vagrant(paths, "up", "--provider", "libvirt", "--no-tty", "--no-provision")
     _forget_ssh_config(paths)
 
 
 def down(paths: LabPaths) -> None:
-    with stage("vagrant halt", log=log_path(paths)):
-        if not (shutil.which("virsh") and virsh("uri").returncode == 0):
+    with stage("vagrant halt", log=vagrant_log(paths)):
+        if not libvirt_up():
             info("  libvirt is not running (`invoke host.prepare` starts it): nothing to halt")
             return
         if domain_state(paths) != "running":
             info(f"  already {domain_state(paths)}")
             return
-        _run_vagrant(paths, "halt")
+        vagrant(paths, "halt")
     _forget_ssh_config(paths)
 
 
@@ -191,13 +160,13 @@ def destroy(paths: LabPaths, yes: bool = False) -> None:
         if answer not in ("y", "yes"):
             info("kept")
             return
-    with stage("vagrant destroy", log=log_path(paths)):
-        if shutil.which("virsh") and virsh("uri").returncode == 0:
+    with stage("vagrant destroy", log=vagrant_log(paths)):
+        if libvirt_up():
             ensure_pool(paths)
-            _run_vagrant(paths, "destroy", "--force")
+            vagrant(paths, "destroy", "--force")
             _clean_leftovers(paths)
             net = network_name(paths)
-            if virsh("net-info", net).returncode == 0:
+            if virsh("net-info", net).ok:
                 virsh("net-destroy", net)
                 virsh("net-undefine", net)
         else:
@@ -206,13 +175,14 @@ def destroy(paths: LabPaths, yes: bool = False) -> None:
 
 
 def ssh(paths: LabPaths, command: str = "") -> int:
+    from .hostrun import interactive, vagrant_env
     args = ["vagrant", "ssh"]
     if command:
         args += ["-c", command, "--", "-T"]
-    proc = subprocess.run(args, cwd=paths.root, env=vagrant_env(paths))
-    if command and proc.returncode:
-        raise StageFailed(f"command exited {proc.returncode} in the VM")
-    return proc.returncode
+    rc = interactive(args, cwd=paths.root, env=vagrant_env(paths, provider(paths)))
+    if command and rc:
+        raise StageFailed(f"command exited {rc} in the VM")
+    return rc
 
 
 # ------------------------------------------------------------------ state
@@ -233,32 +203,26 @@ def ssh_info(p: LabPaths, refresh: bool = False) -> dict:
         except ValueError:
             pass
     v = _vagrant(p)
-    uhp = v.user_hostname_port()
-    user, rest = uhp.split("@", 1)
-    host, port = rest.rsplit(":", 1)
-    data = {"user": user, "host": host, "port": int(port), "keyfile": v.keyfile()}
+    try:
+        uhp = v.user_hostname_port()
+        user, rest = uhp.split("@", 1)
+        host, port = rest.rsplit(":", 1)
+        data = {"user": user, "host": host, "port": int(port), "keyfile": v.keyfile()}
+    except Exception as exc:  # noqa: BLE001 - python-vagrant raises CalledProcessError and others
+        raise StageFailed(f"Vagrant cannot tell how to reach the VM ({exc})",
+                          hint="./labctl lab.status; ./labctl lab.up",
+                          log=str(vagrant_log(p))) from None
     cache.write_text(json.dumps(data) + "\n")
     return data
 
 
-def read_accel(p: LabPaths) -> str:
-    env = os.environ.get("ENTE_LAB_ACCEL")
-    if env in ("kvm", "qemu"):
-        return f"{env} (ENTE_LAB_ACCEL)"
-    try:
-        return (p.home / "accel").read_text().strip() + " (probed)"
-    except OSError:
-        return "qemu (default)"
-
-
 def state(paths: LabPaths) -> dict:
-    dom = domain_state(paths) if shutil.which("virsh") and virsh("uri").returncode == 0 \
-        else "libvirt not running"
+    dom = domain_state(paths) if libvirt_up() else "libvirt not running"
     address = ""
     if dom == "running":
         try:
             address = ssh_info(paths)["host"]
         except Exception:  # noqa: BLE001 - shown as unknown
             address = "?"
-    return {"state": dom, "provider": provider(paths), "accel": read_accel(paths),
+    return {"state": dom, "provider": provider(paths), "accel": accel.describe(paths),
             "address": address}

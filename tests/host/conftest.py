@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from entelab import render, secrets as secrets_mod, settings as settings_mod
+from entelab import render
+from entelab import secrets as secrets_mod
+from entelab import settings as settings_mod
 from entelab.state import ROOT
 
 

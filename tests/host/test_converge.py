@@ -13,8 +13,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from recording import RecordingConnection
 
 from entelab import agent, converge
+from entelab.guest import Guest
 from entelab.render import MANAGED_BEGIN, MANAGED_END, Entry
 
 
@@ -165,23 +167,9 @@ def test_bundle_contains_only_planned_files(tmp_path):
     with tarfile.open(fileobj=io.BytesIO(converge.bundle(ops, rendered))) as tar:
         names = sorted(tar.getnames())
     assert names == ["agent.py", "files/etc/a", "plan.json"]
-    plan = json.loads(tarfile.open(fileobj=io.BytesIO(converge.bundle(ops, rendered))).extractfile("plan.json").read())
+    with tarfile.open(fileobj=io.BytesIO(converge.bundle(ops, rendered))) as tar:
+        plan = json.loads(tar.extractfile("plan.json").read())
     assert plan["ops"] == ops
-
-
-class FakeConn:
-    def __init__(self, facts):
-        self.facts = facts
-        self.cmds = []
-
-    def run(self, cmd, **kw):
-        self.cmds.append(cmd)
-        class R:  # noqa: D401
-            exited = 0
-            stderr = ""
-        r = R()
-        r.stdout = json.dumps(self.facts)
-        return r
 
 
 def test_no_change_costs_one_round_trip(tmp_path):
@@ -190,5 +178,7 @@ def test_no_change_costs_one_round_trip(tmp_path):
     p.build.mkdir()
     e = entry("/etc/a")
     p.manifest.write_text(json.dumps({"files": [e.__dict__]}))
-    result = converge.converge_with(FakeConn({"/etc/a": fact()}), p)
+    rec = RecordingConnection(lambda cmd: json.dumps({"/etc/a": fact()}))
+    result = converge.converge_with(Guest(rec), p)
     assert result.ops == [] and result.round_trips == 1
+    assert len(rec.commands) == 1 and rec.puts == [], "already converged: facts only, no commands"

@@ -1,13 +1,13 @@
 """Render engine: all-or-nothing, idempotent, manifest, and the secret/mode guard."""
 
 import json
-import os
 import stat
 
 import pytest
 
 from entelab import render, state
-from entelab.settings import SettingsError, load_settings
+from entelab.errors import TemplateError
+from entelab.settings import load_settings
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_secret_in_world_readable_file_is_refused(lab, tmp_path, monkeypatch):
     _fake_templates(tmp_path, monkeypatch,
                     "files:\n  - {src: f.j2, dest: /etc/x.conf, mode: '0644'}\n",
                     "password={{ secrets.db_password }}\n")
-    with pytest.raises(SettingsError, match="holds a secret but has mode 0644; must be 0600"):
+    with pytest.raises(TemplateError, match="holds a secret but has mode 0644; must be 0600"):
         render.render_lab(paths, load_settings(root)[0], quiet=True)
     assert not paths.build.exists() and not paths.secrets.exists()
 
@@ -85,7 +85,7 @@ def test_undefined_variable_fails_before_writing(lab, tmp_path, monkeypatch):
     root, paths = lab
     _fake_templates(tmp_path, monkeypatch, "files:\n  - {src: f.j2, dest: /etc/x.conf}\n",
                     "{{ s.no_such_key }}\n")
-    with pytest.raises(SettingsError, match="templates/svc/f.j2: .*no_such_key"):
+    with pytest.raises(TemplateError, match="templates/svc/f.j2: .*no_such_key"):
         render.render_lab(paths, load_settings(root)[0], quiet=True)
     assert not paths.build.exists()
 

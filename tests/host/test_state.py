@@ -94,7 +94,7 @@ def test_accel_env_overrides_cache_and_probe(tmp_path, monkeypatch):
     monkeypatch.delenv(accel.ENV)
     assert accel.probe(p) == "qemu", "the cached answer is used"
     assert booted == [], "neither the override nor the cache may boot anything"
-    assert vm.read_accel(p).startswith("qemu")
+    assert accel.describe(p) == "qemu (probed)"
 
 
 def test_accel_probe_result_is_cached(tmp_path, monkeypatch):
@@ -179,12 +179,12 @@ def test_apt_install_blocks_daemon_starts_and_cleans_up(tmp_path, monkeypatch):
     monkeypatch.setattr(host, "POLICY_RC_D", policy)
     seen = []
 
-    def fake_run(cmd, log, env=None, **kw):
+    def fake_run(cmd, log=None, env=None, **kw):
         seen.append((cmd[:2], policy.exists() and policy.read_text().strip().endswith("exit 101"),
                      env.get("DEBIAN_FRONTEND")))
         return 0
 
-    monkeypatch.setattr(host, "run_logged", fake_run)
+    monkeypatch.setattr(host, "run", fake_run)
     host._apt_install(p, ["vagrant"])
     assert [s[0] for s in seen] == [["apt-get", "update"], ["apt-get", "install"]]
     assert all(blocked and fe == "noninteractive" for _, blocked, fe in seen)
@@ -201,7 +201,7 @@ def test_prepare_dry_run_changes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(host, "is_debian_like", lambda *a: True)
     monkeypatch.setattr(host, "systemd_is_init", lambda: False)
     monkeypatch.setattr(host, "daemon_running", lambda name: False)
-    monkeypatch.setattr(host, "run_logged", lambda *a, **k: (_ for _ in ()).throw(AssertionError(a)))
+    monkeypatch.setattr(host, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError(a)))
     host.prepare(p, dry_run=True)
     out = capsys.readouterr().out
     assert "would apt-get install: vagrant mmdebstrap" in out
@@ -212,7 +212,7 @@ def test_prepare_dry_run_changes_nothing(tmp_path, monkeypatch, capsys):
 def test_prepare_on_other_systems_says_what_to_install(tmp_path, monkeypatch, capsys):
     import pytest as _pytest
 
-    from entelab.progress import StageFailed
+    from entelab.errors import StageFailed
     monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "lab"))
     p = state.paths(tmp_path)
     monkeypatch.setattr(host, "missing_packages", lambda *a: ["vagrant"])

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import load, need, render_into
 
 MODULES = ["mpm_event", "authz_core", "alias", "mime", "dir", "proxy", "proxy_http",

@@ -25,7 +25,7 @@ def test_every_template_starts_with_an_article_section_header(rendered, rendered
     for tree in _trees(rendered, rendered_sendmail):
         for e in tree.files():
             head = tree.text(e.path).splitlines()[:4]
-            hit = next((l for l in head if "Article section" in l), None)
+            hit = next((ln for ln in head if "Article section" in ln), None)
             assert hit, f"{e.src} ({e.path}) has no 'Article section' header in its first lines"
             m = re.search(r'Article section "([^"]+)"', hit)
             assert m, f"{e.src}: header must quote the section name: {hit!r}"

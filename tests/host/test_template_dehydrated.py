@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
-
 from conftest import need
 
 
@@ -32,7 +30,7 @@ def test_config_values(rendered):
                           'do printf "%s=%s\\n" "$v" "${!v}"; done', "x",
                           str(rendered.path("/etc/dehydrated/config"))],
                          capture_output=True, text=True)
-    conf = dict(l.split("=", 1) for l in env.stdout.splitlines())
+    conf = dict(ln.split("=", 1) for ln in env.stdout.splitlines())
     assert conf["CA"] == s.acme.ca
     assert conf["CURL_OPTS"] == "--cacert /etc/ente-lab/pebble-tls-ca.pem"
     assert conf["CHALLENGETYPE"] == "http-01"
@@ -43,8 +41,8 @@ def test_config_values(rendered):
     assert conf["CONTACT_EMAIL"] == s.acme.contact
     # the Apache vhosts serve exactly this directory
     assert conf["WELLKNOWN"] in rendered.text("/etc/apache2/sites-enabled/ente-api.conf")
-    lines = [l for l in rendered.text("/etc/dehydrated/domains.txt").splitlines()
-             if l and not l.startswith("#")]
+    lines = [ln for ln in rendered.text("/etc/dehydrated/domains.txt").splitlines()
+             if ln and not ln.startswith("#")]
     assert lines == [" ".join(s.cert_names)] and lines[0].split()[0] == s.domain
 
 

@@ -8,13 +8,12 @@ import random
 import shutil
 import socket
 import struct
-import tempfile
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-
 from conftest import need
 
 
@@ -27,11 +26,11 @@ def test_dnsmasq_syntax(rendered):
 
 def test_dnsmasq_facts(rendered):
     s = rendered.settings
-    lines = [l for l in rendered.text("/etc/dnsmasq.conf").splitlines() if l and not l.startswith("#")]
+    lines = [ln for ln in rendered.text("/etc/dnsmasq.conf").splitlines() if ln and not ln.startswith("#")]
     for want in ("listen-address=127.0.0.1", f"listen-address={s.docker.gateway}", "no-resolv",
                  "domain-needed", "bogus-priv", f"local=/{s.domain}/", f"local=/{s.docker.network}/"):
         assert want in lines, want
-    assert not any(l.startswith(("server=", "resolv-file=", "no-hosts")) for l in lines)
+    assert not any(ln.startswith(("server=", "resolv-file=", "no-hosts")) for ln in lines)
     assert "bind-dynamic" in lines and "bind-interfaces" not in lines   # mutually exclusive
 
 

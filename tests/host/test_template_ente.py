@@ -8,7 +8,6 @@ import shutil
 import subprocess
 
 import yaml
-
 from conftest import load, need, render_into
 
 D = "/usr/local/docker-ente"

@@ -37,7 +37,7 @@ def test_postconf_sees_the_articles_settings_without_warnings(rendered, tmp_path
     d = confdir(rendered, tmp_path)
     res = run(need("postconf"), "-c", str(d), "-n")
     assert res.returncode == 0 and res.stderr == "", res.stderr
-    conf = {k.strip(): v.strip() for k, v in (l.split("=", 1) for l in res.stdout.splitlines())}
+    conf = {k.strip(): v.strip() for k, v in (ln.split("=", 1) for ln in res.stdout.splitlines())}
     s = rendered.settings
     certdir = f"/etc/dehydrated/certs/{s.domain}"
     assert conf["mynetworks_style"] == "class"
@@ -99,7 +99,7 @@ def test_main_and_master_are_debians_defaults_plus_marked_changes(rendered):
 
 def test_sasl_files(rendered):
     conf = rendered.text("/etc/sasl2/smtpd.conf")
-    lines = [l for l in conf.splitlines() if l and not l.startswith("#")]
+    lines = [ln for ln in conf.splitlines() if ln and not ln.startswith("#")]
     assert lines == ["pwcheck_method: saslauthd", "mech_list: PLAIN LOGIN"]
     link = rendered.entries["/etc/postfix/sasl/smtpd.conf"]
     assert link.kind == "link" and link.target == "/etc/sasl2/smtpd.conf"

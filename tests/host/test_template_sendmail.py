@@ -46,8 +46,8 @@ def test_cf_m4_macros_really_checked(rendered_sendmail, tmp_path):
 
 def test_local_host_names(rendered_sendmail):
     s = rendered_sendmail.settings
-    lines = [l for l in rendered_sendmail.text("/etc/mail/local-host-names").splitlines()
-             if l and not l.startswith("#")]
+    lines = [ln for ln in rendered_sendmail.text("/etc/mail/local-host-names").splitlines()
+             if ln and not ln.startswith("#")]
     assert "ente-museum.ente.lan" in lines                     # the article's line
     assert {s.domain, s.mail_host} <= set(lines)
     table = rendered_sendmail.text("/etc/mail/mailertable")

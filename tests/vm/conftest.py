@@ -1,6 +1,6 @@
-"""VM test fixtures: one Fabric connection to the lab VM for the whole session.
+"""VM test fixtures: one guest runner (entelab.guest.Guest) for the whole session.
 
-`invoke test.vm` brings the VM up once before pytest runs; run directly
+`./labctl test.vm` brings the VM up once before pytest runs; run directly
 (`pytest -m vm`), the fixture brings it up itself if it is not running.
 """
 
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from entelab import connection, state, vm
+from entelab import lab, state, vm
+from entelab.settings import load_settings
 
 
 @pytest.fixture(scope="session")
@@ -17,13 +18,12 @@ def lab_paths() -> state.LabPaths:
 
 
 @pytest.fixture(scope="session")
-def conn(lab_paths):
+def guest(lab_paths):
     if vm.domain_state(lab_paths) != "running":
-        from entelab import lab
-        from entelab.cli import _settings
-        lab.up(lab_paths, _settings([]))
-    connection.check(lab_paths)          # refreshes a stale cached address once
-    c = connection.connect(lab_paths)
-    yield c
-    c.close()
+        lab.up(lab_paths, load_settings(lab_paths.root)[0])
+    g = lab.guest(lab_paths)          # refreshes a stale cached address once
+    yield g
+    g.close()
+
+
 from labfix import lab_secrets, paths, settings  # noqa: E402,F401  (shared fixtures)

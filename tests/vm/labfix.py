@@ -1,4 +1,4 @@
-"""Shared VM-test fixtures (imported by the vm test modules; conn is in conftest)."""
+"""Shared VM-test fixtures (imported by the vm test modules; guest is in conftest)."""
 
 import dataclasses
 import json
@@ -40,10 +40,3 @@ def variant_build(paths, tmp_path, path: str, transform) -> state.LabPaths:
             e["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
     variant.manifest.write_text(json.dumps(manifest))
     return variant
-
-
-def sh(conn, cmd: str, check: bool = True):
-    res = conn.run(f"sudo -n sh -c {__import__('shlex').quote(cmd)}", hide=True, warn=True)
-    if check:
-        assert res.exited == 0, f"{cmd!r} -> {res.exited}: {res.stdout}{res.stderr}"
-    return res

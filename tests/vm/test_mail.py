@@ -10,9 +10,9 @@ import shlex
 import uuid
 
 import pytest
+from labfix import variant_build  # noqa: F401
 
 from entelab import verify
-from labfix import sh, variant_build  # noqa: F401
 
 pytestmark = pytest.mark.vm
 
@@ -20,31 +20,31 @@ OUTSIDE_NS = "entelab-outside"
 OUTSIDE_IP = "203.0.113.7"   # TEST-NET-3: not on any interface of the VM
 
 
-def test_testsaslauthd_accepts_the_verification_user(conn, settings, lab_secrets):
+def test_testsaslauthd_accepts_the_verification_user(guest, settings, lab_secrets):
     # only the reply is kept: a failing assert must not print the command (it holds the password)
-    good = sh(conn, f"testsaslauthd -u {settings.smtp.username} -p {shlex.quote(lab_secrets.sasl_password)} "
+    good = guest.run(f"testsaslauthd -u {settings.smtp.username} -p {shlex.quote(lab_secrets.sasl_password)} "
                     "-s smtp", check=False).stdout.strip()
     assert good == '0: OK "Success."'
-    bad = sh(conn, f"testsaslauthd -u {settings.smtp.username} -p wrong-password -s smtp", check=False).stdout
+    bad = guest.run(f"testsaslauthd -u {settings.smtp.username} -p wrong-password -s smtp", check=False).stdout
     assert bad.strip().startswith("0: NO")
 
 
-def test_submission_requires_starttls_before_auth(conn, settings):
-    r = verify.smtp_session(conn, settings.mail_host, starttls=True)
+def test_submission_requires_starttls_before_auth(guest, settings):
+    r = verify.smtp_session(guest, settings.mail_host, starttls=True)
     assert "STARTTLS" in r["ehlo_plain"]
     assert "AUTH" not in r["ehlo_plain"]
     assert r["auth_before_tls"][0] == 530 and "STARTTLS" in r["auth_before_tls"][1]
     assert "AUTH" in r["ehlo_tls"] and "PLAIN" in r["ehlo_tls"] and "LOGIN" in r["ehlo_tls"]
 
 
-def test_wrong_password_is_refused(conn, settings):
-    r = verify.smtp_session(conn, settings.mail_host, user=settings.smtp.username, password="not-it")
+def test_wrong_password_is_refused(guest, settings):
+    r = verify.smtp_session(guest, settings.mail_host, user=settings.smtp.username, password="not-it")
     assert r["login"][0] == 535
 
 
 @pytest.fixture
-def outside(conn):
-    eth0 = sh(conn, "ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1").stdout.split()[0]
+def outside(guest):
+    eth0 = guest.run("ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1").stdout.split()[0]
     setup = f"""
         ip netns del {OUTSIDE_NS} 2>/dev/null; ip link del entelab-o0 2>/dev/null
         ip netns add {OUTSIDE_NS}
@@ -57,47 +57,48 @@ def outside(conn):
         ip -n {OUTSIDE_NS} route add default dev entelab-o1
         ip route add {OUTSIDE_IP}/32 dev entelab-o0
     """
-    sh(conn, setup)
+    guest.run(setup)
     yield eth0
-    sh(conn, f"ip netns del {OUTSIDE_NS}; ip link del entelab-o0 2>/dev/null; true", check=False)
+    guest.run(f"ip netns del {OUTSIDE_NS}; ip link del entelab-o0 2>/dev/null; true", check=False)
 
 
-def test_relay_from_outside_mynetworks_is_refused(conn, settings, outside):
-    mynetworks = sh(conn, "postconf -h mynetworks").stdout
+def test_relay_from_outside_mynetworks_is_refused(guest, settings, outside):
+    mynetworks = guest.run("postconf -h mynetworks").stdout
     assert "203.0.113" not in mynetworks
     # from the outside address, no AUTH: relaying to another domain is refused ...
-    r = verify.guest_python(conn, verify.SMTP_SESSION, {
+    r = verify.probe(guest, verify.SMTP_SESSION, {
         "host": outside, "port": 587, "no_verify": True,
-        "rcpt": {"from": "someone@example.org", "to": "victim@example.net"}}, netns=OUTSIDE_NS)
+        "rcpt": {"from": "someone@example.org", "to": "victim@example.net"}}, "relay probe",
+        netns=OUTSIDE_NS)
     assert r["rcpt"][0] in (454, 554) and "Relay access denied" in r["rcpt"][1]
     # ... while the same session to a lab mailbox is accepted (the refusal is about relaying)
-    r = verify.guest_python(conn, verify.SMTP_SESSION, {
+    r = verify.probe(guest, verify.SMTP_SESSION, {
         "host": outside, "port": 587, "no_verify": True,
         "rcpt": {"from": "someone@example.org", "to": f"{settings.smtp.username}@{settings.domain}"}},
-        netns=OUTSIDE_NS)
+        "relay probe", netns=OUTSIDE_NS)
     assert r["rcpt"][0] == 250
 
 
-def test_authenticated_mail_is_delivered_to_the_lab_mailbox(conn, settings, lab_secrets):
+def test_authenticated_mail_is_delivered_to_the_lab_mailbox(guest, settings, lab_secrets):
     message_id = f"<{uuid.uuid4().hex}@lab-test.{settings.domain}>"
     rcpt = f"{settings.smtp.username}@{settings.domain}"
-    r = verify.smtp_session(conn, settings.mail_host, user=settings.smtp.username,
+    r = verify.smtp_session(guest, settings.mail_host, user=settings.smtp.username,
                             password=lab_secrets.sasl_password,
                             send={"from": settings.smtp.email, "to": rcpt, "subject": "Verification code: 123456",
                                   "message_id": message_id, "body": "rehearsal"})
     assert r["login"][0] == 235
     assert r["sent"][0] == 250, r["sent"]
-    res = sh(conn, f"for i in $(seq 60); do grep -qF '{message_id}' /var/mail/{settings.smtp.username} && exit 0; "
+    res = guest.run(f"for i in $(seq 60); do grep -qF '{message_id}' /var/mail/{settings.smtp.username} && exit 0; "
                    f"sleep 0.5; done; tail -20 /var/log/maillog; exit 1", check=False)
     assert res.exited == 0, res.stdout
 
 
-def test_outside_domains_never_leave_the_lab(conn, settings, lab_secrets):
+def test_outside_domains_never_leave_the_lab(guest, settings, lab_secrets):
     """Even an authenticated client cannot send outside: the lab refuses other domains."""
-    r = verify.smtp_session(conn, settings.mail_host, user=settings.smtp.username,
+    r = verify.smtp_session(guest, settings.mail_host, user=settings.smtp.username,
                             password=lab_secrets.sasl_password,
                             rcpt={"from": settings.smtp.email, "to": "someone@example.com"})
     assert r["login"][0] == 235
     assert r["rcpt"][0] == 550 and "outside mail is disabled in the lab" in r["rcpt"][1]
-    queue = sh(conn, "postqueue -j").stdout
+    queue = guest.run("postqueue -j").stdout
     assert "someone@example.com" not in queue

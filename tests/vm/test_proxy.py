@@ -5,15 +5,13 @@ starts in the guest on the API and web ports; they answer with the request
 headers they saw, plus a Museum-like CORS header of their own.
 """
 
-import base64
 import json
-import shlex
 import uuid
 
 import pytest
+from labfix import variant_build  # noqa: F401
 
 from entelab import verify
-from labfix import sh, variant_build  # noqa: F401
 
 pytestmark = pytest.mark.vm
 
@@ -38,21 +36,17 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 
 @pytest.fixture(scope="module")
-def backends(conn, settings):
-    code = base64.b64encode(ECHO.encode()).decode()
-    pids = []
-    for port, name in ((settings.ports.museum, "api"), (settings.ports.web, "web")):
-        res = conn.run(f"setsid nohup python3 -c 'import base64,sys; exec(base64.b64decode(sys.argv.pop(1)))' "
-                       f"{code} {port} {name} >/dev/null 2>&1 & echo $!", hide=True)
-        pids.append(res.stdout.strip())
-    conn.run(f"for i in $(seq 50); do curl -s 127.0.0.1:{settings.ports.museum} >/dev/null && "
-             f"curl -s 127.0.0.1:{settings.ports.web} >/dev/null && exit 0; sleep 0.2; done; exit 1", hide=True)
+def backends(guest, settings):
+    pids = [guest.spawn_python(ECHO, [str(port), name])
+            for port, name in ((settings.ports.museum, "api"), (settings.ports.web, "web"))]
+    guest.run(f"for i in $(seq 50); do curl -s 127.0.0.1:{settings.ports.museum} >/dev/null && "
+              f"curl -s 127.0.0.1:{settings.ports.web} >/dev/null && exit 0; sleep 0.2; done; exit 1", sudo=False)
     yield
-    conn.run("kill " + " ".join(pids), hide=True, warn=True)
+    guest.run("kill " + " ".join(pids), sudo=False, check=False)
 
 
-def test_api_host_proxies_to_museum_port_with_verified_tls(conn, settings, backends):
-    r = verify.https_get(conn, settings.api_host, "/ping")
+def test_api_host_proxies_to_museum_port_with_verified_tls(guest, settings, backends):
+    r = verify.https_get(guest, settings.api_host, "/ping")
     assert r["status"] == 200
     seen = json.loads(r["body"])
     assert seen["backend"] == "api" and seen["path"] == "/ping"
@@ -63,38 +57,39 @@ def test_api_host_proxies_to_museum_port_with_verified_tls(conn, settings, backe
     assert headers["host"] == settings.api_host          # ProxyPreserveHost
 
 
-def test_web_host_proxies_to_web_port(conn, settings, backends):
-    r = verify.https_get(conn, settings.web_host, "/")
+def test_web_host_proxies_to_web_port(guest, settings, backends):
+    r = verify.https_get(guest, settings.web_host, "/")
     assert json.loads(r["body"])["backend"] == "web"
     assert settings.web_host in r["san"]
 
 
-def test_tls_fails_without_the_lab_root(conn, settings, backends):
+def test_tls_fails_without_the_lab_root(guest, settings, backends):
     """The lab root is a private test CA: the system store alone does not trust it... except
     inside the guest, where rc.pebble installs it; a client with an empty CA file must fail."""
-    res = conn.run(f"curl -s -o /dev/null --cacert /dev/null https://{settings.api_host}/ping", hide=True, warn=True)
+    res = guest.run(f"curl -s -o /dev/null --cacert /dev/null https://{settings.api_host}/ping",
+                    sudo=False, check=False)
     assert res.exited in (60, 77)
 
 
-def test_challenge_path_is_served_locally_not_proxied(conn, paths, settings, backends):
+def test_challenge_path_is_served_locally_not_proxied(guest, paths, settings, backends):
     from entelab.certs import dehydrated_conf
-    wellknown = dehydrated_conf(paths).wellknown
+    wellknown = dehydrated_conf(settings).wellknown
     token = uuid.uuid4().hex
-    sh(conn, f"echo {token} > {wellknown}/{token} && chmod 644 {wellknown}/{token}")
+    guest.run(f"echo {token} > {wellknown}/{token} && chmod 644 {wellknown}/{token}")
     try:
         for host in (settings.api_host, settings.web_host):
-            r = verify.https_get(conn, host, f"/.well-known/acme-challenge/{token}", scheme="http", port=80)
+            r = verify.https_get(guest, host, f"/.well-known/acme-challenge/{token}", scheme="http", port=80)
             assert r["status"] == 200 and r["body"].strip() == token
-            r = verify.https_get(conn, host, f"/.well-known/acme-challenge/{token}")
+            r = verify.https_get(guest, host, f"/.well-known/acme-challenge/{token}")
             assert r["body"].strip() == token, "https challenge path must not reach the backend"
     finally:
-        sh(conn, f"rm -f {wellknown}/{token}")
+        guest.run(f"rm -f {wellknown}/{token}")
 
 
-def test_apache_adds_no_cors_headers(conn, settings, backends):
-    r = verify.https_get(conn, settings.api_host, "/users/ott",
+def test_apache_adds_no_cors_headers(guest, settings, backends):
+    r = verify.https_get(guest, settings.api_host, "/users/ott",
                          headers={"Origin": f"https://{settings.web_host}"})
     acao = [v for k, v in r["headers"] if k.lower().startswith("access-control-")]
     assert acao == [f"https://{settings.web_host}"], "only the backend's own CORS header, once"
-    r = verify.https_get(conn, settings.api_host, "/ping")
+    r = verify.https_get(guest, settings.api_host, "/ping")
     assert not [k for k, _ in r["headers"] if k.lower().startswith("access-control-")]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import re
 import time
 
-import shlex
-
 import pytest
 
 pytestmark = pytest.mark.vm
@@ -30,18 +28,18 @@ MASKED = ["apache2.service", "apache-htcacheclean.service", "postfix.service",
 
 
 # ---------------------------------------------------------------- helpers
-def sudo(conn, cmd: str):
+def sudo(guest, cmd: str):
     """Run a whole shell command line as root (every part of a && chain)."""
-    return conn.sudo(f"sh -c {shlex.quote(cmd)}", hide=True, warn=True)
+    return guest.run(cmd, check=False)
 
 
-def rc(conn, svc: str, action: str):
-    return sudo(conn, f"/etc/rc.d/rc.{svc} {action}")
+def rc(guest, svc: str, action: str):
+    return sudo(guest, f"/etc/rc.d/rc.{svc} {action}")
 
 
-def status_pid(conn, svc: str) -> int | None:
+def status_pid(guest, svc: str) -> int | None:
     """pid from 'rc.X status', None when it says not running (and checks exit codes)."""
-    res = rc(conn, svc, "status")
+    res = rc(guest, svc, "status")
     name = STATUS_NAME.get(svc, svc)
     out = res.stdout.strip()
     m = re.fullmatch(rf"{re.escape(name)} is running \(pid (\d+)\)", out)
@@ -53,12 +51,12 @@ def status_pid(conn, svc: str) -> int | None:
     return None
 
 
-def pid_alive(conn, pid: int) -> bool:
-    return sudo(conn, f"kill -0 {pid}").ok
+def pid_alive(guest, pid: int) -> bool:
+    return sudo(guest, f"kill -0 {pid}").ok
 
 
-def listening_tcp(conn, port: int) -> bool:
-    return bool(sudo(conn, f"ss -Hltn 'sport = :{port}'").stdout.strip())
+def listening_tcp(guest, port: int) -> bool:
+    return bool(sudo(guest, f"ss -Hltn 'sport = :{port}'").stdout.strip())
 
 
 def wait_for(pred, timeout: float = 20.0, step: float = 0.5) -> bool:
@@ -71,70 +69,66 @@ def wait_for(pred, timeout: float = 20.0, step: float = 0.5) -> bool:
 
 
 # How to tell, independently of the rc script, that a service is really up.
-def is_up(conn, svc: str) -> bool:
+def is_up(guest, svc: str) -> bool:
     if svc == "dnsmasq":
-        return "127.0.0.1" in sudo(conn, "dig +short +time=2 +tries=1 @127.0.0.1 localhost").stdout
+        return "127.0.0.1" in sudo(guest, "dig +short +time=2 +tries=1 @127.0.0.1 localhost").stdout
     if svc == "saslauthd":
-        return sudo(conn, "test -S /run/saslauthd/mux && "
+        return sudo(guest, "test -S /run/saslauthd/mux && "
                           "testsaslauthd -u nosuchuser-entelab -p x -s smtp").stdout \
             .startswith("0: NO")
     if svc == "postfix":
-        return listening_tcp(conn, 25) and "ESMTP" in sudo(
-            conn, "timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/25; head -1 <&3'").stdout
+        return listening_tcp(guest, 25) and "ESMTP" in sudo(
+            guest, "timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/25; head -1 <&3'").stdout
     if svc == "pebble":
-        return sudo(conn, "curl -sf --max-time 5 --cacert /etc/ente-lab/pebble-tls-ca.pem "
+        return sudo(guest, "curl -sf --max-time 5 --cacert /etc/ente-lab/pebble-tls-ca.pem "
                           "https://localhost:14000/dir").ok
     if svc == "httpd":
-        return listening_tcp(conn, 80)
+        return listening_tcp(guest, 80)
     if svc == "docker":
-        return sudo(conn, "docker info --format '{{.ServerVersion}}'").ok
+        return sudo(guest, "docker info --format '{{.ServerVersion}}'").ok
     raise AssertionError(svc)
 
 
-def is_down(conn, svc: str) -> bool:
+def is_down(guest, svc: str) -> bool:
     if svc == "dnsmasq":
-        return not listening_tcp(conn, 53)
+        return not listening_tcp(guest, 53)
     if svc == "saslauthd":
-        return not sudo(conn, "pgrep -x saslauthd").ok
+        return not sudo(guest, "pgrep -x saslauthd").ok
     if svc == "postfix":
-        return not listening_tcp(conn, 25)
+        return not listening_tcp(guest, 25)
     if svc == "pebble":
-        return not listening_tcp(conn, 14000)
+        return not listening_tcp(guest, 14000)
     if svc == "httpd":
-        return not listening_tcp(conn, 80) and not sudo(conn, "pgrep -x apache2").ok
+        return not listening_tcp(guest, 80) and not sudo(guest, "pgrep -x apache2").ok
     if svc == "docker":
-        return not sudo(conn, "pgrep -x dockerd").ok
+        return not sudo(guest, "pgrep -x dockerd").ok
     raise AssertionError(svc)
 
 
-def running_containers(conn) -> list[str]:
-    res = sudo(conn, "docker ps -q")
+def running_containers(guest) -> list[str]:
+    res = sudo(guest, "docker ps -q")
     return res.stdout.split() if res.ok else []
 
 
-def reissue_after_pebble_restart(conn, lab_paths) -> None:
+def reissue_after_pebble_restart(guest, lab_paths) -> None:
     """pebble forgets accounts and roots when it restarts: let the lab re-register and
     re-issue, as it does after a boot, so later tests find a consistent lab."""
-    try:
-        from entelab import certs
-    except ImportError:
-        return
-    if hasattr(certs, "issue_with"):
-        certs.issue_with(conn, lab_paths)
+    from entelab import certs
+    certs.issue_with(guest, lab_paths)
 
 
 # ---------------------------------------------------------------- boot: one unit, masked units
-def test_rc_unit_enabled_and_active(conn):
-    assert sudo(conn, "systemctl is-enabled rc-slackware.service").stdout.strip() == "enabled"
-    assert sudo(conn, "systemctl is-active rc-slackware.service").stdout.strip() == "active"
-    props = sudo(conn, "systemctl show rc-slackware.service -p Type -p RemainAfterExit "
+def test_rc_unit_enabled_and_active(guest):
+    assert sudo(guest, "systemctl is-enabled rc-slackware.service").stdout.strip() == "enabled"
+    assert sudo(guest, "systemctl is-active rc-slackware.service").stdout.strip() == "active"
+    props = sudo(guest, "systemctl show rc-slackware.service -p Type -p RemainAfterExit "
                        "-p Result -p ExecMainStatus").stdout
     assert "Type=oneshot" in props and "RemainAfterExit=yes" in props
     assert "Result=success" in props and "ExecMainStatus=0" in props
 
 
-def test_rc_unit_started_every_service_at_boot(conn):
-    log = sudo(conn, "journalctl -b --no-pager -o cat -u rc-slackware.service").stdout
+def test_rc_unit_started_every_service_at_boot(guest):
+    log = sudo(guest, "journalctl -b --no-pager -o cat -u rc-slackware.service").stdout
     assert "rc.M" in log, "no rc.M output in this boot's journal"
     for svc in SERVICES:
         assert f"/etc/rc.d/rc.{svc} start" in log, f"rc.M did not start rc.{svc} at boot"
@@ -145,179 +139,179 @@ def test_rc_unit_started_every_service_at_boot(conn):
 
 
 @pytest.mark.parametrize("unit", MASKED)
-def test_distribution_unit_masked(conn, unit):
-    assert sudo(conn, f"systemctl is-enabled {unit}").stdout.strip() == "masked"
-    assert sudo(conn, f"readlink /etc/systemd/system/{unit}").stdout.strip() == "/dev/null"
+def test_distribution_unit_masked(guest, unit):
+    assert sudo(guest, f"systemctl is-enabled {unit}").stdout.strip() == "masked"
+    assert sudo(guest, f"readlink /etc/systemd/system/{unit}").stdout.strip() == "/dev/null"
 
 
-def test_rc_m_status_reports_all_running(conn):
-    res = sudo(conn, "/etc/rc.d/rc.M status")
+def test_rc_m_status_reports_all_running(guest):
+    res = sudo(guest, "/etc/rc.d/rc.M status")
     assert res.exited == 0, res.stdout + res.stderr
     for svc in SERVICES:
         assert f"{STATUS_NAME.get(svc, svc)} is running (pid " in res.stdout
 
 
 @pytest.mark.parametrize("svc", SERVICES)
-def test_daemon_runs_outside_distribution_units(conn, svc):
+def test_daemon_runs_outside_distribution_units(guest, svc):
     """One manager per service: the daemon exists, and no distribution unit runs it."""
-    pid = status_pid(conn, svc)
-    assert pid and pid_alive(conn, pid)
-    cgroup = sudo(conn, f"cat /proc/{pid}/cgroup").stdout
+    pid = status_pid(guest, svc)
+    assert pid and pid_alive(guest, pid)
+    cgroup = sudo(guest, f"cat /proc/{pid}/cgroup").stdout
     for unit in ("apache2.service", "postfix.service", "docker.service", "saslauthd.service"):
         assert unit not in cgroup, cgroup
 
 
 # ---------------------------------------------------------------- every rc script's lifecycle
 @pytest.mark.parametrize("svc", SERVICES)
-def test_rc_script_lifecycle(conn, lab_paths, svc):
-    containers = running_containers(conn) if svc == "docker" else []
-    pid0 = status_pid(conn, svc)
+def test_rc_script_lifecycle(guest, lab_paths, svc):
+    containers = running_containers(guest) if svc == "docker" else []
+    pid0 = status_pid(guest, svc)
     if pid0 is None:  # not running (an earlier failure): start it first
-        res = rc(conn, svc, "start")
+        res = rc(guest, svc, "start")
         assert res.ok, res.stdout + res.stderr
-        pid0 = status_pid(conn, svc)
-    assert pid0 and is_up(conn, svc)
+        pid0 = status_pid(guest, svc)
+    assert pid0 and is_up(guest, svc)
     try:
         # start while running: idempotent, same daemon
-        res = rc(conn, svc, "start")
+        res = rc(guest, svc, "start")
         assert res.exited == 0 and "already running" in res.stdout, res.stdout + res.stderr
-        assert status_pid(conn, svc) == pid0
+        assert status_pid(guest, svc) == pid0
 
         # reload keeps the daemon (same pid) and it keeps answering
-        res = rc(conn, svc, "reload")
+        res = rc(guest, svc, "reload")
         assert res.exited == 0, res.stdout + res.stderr
-        assert wait_for(lambda: is_up(conn, svc))
-        assert status_pid(conn, svc) == pid0
+        assert wait_for(lambda: is_up(guest, svc))
+        assert status_pid(guest, svc) == pid0
 
         # stop: really down, status says so with exit 3; stop again is a no-op
-        res = rc(conn, svc, "stop")
+        res = rc(guest, svc, "stop")
         assert res.exited == 0, res.stdout + res.stderr
-        assert not pid_alive(conn, pid0)
-        assert wait_for(lambda: is_down(conn, svc), timeout=10)
-        assert status_pid(conn, svc) is None
-        res = rc(conn, svc, "stop")
+        assert not pid_alive(guest, pid0)
+        assert wait_for(lambda: is_down(guest, svc), timeout=10)
+        assert status_pid(guest, svc) is None
+        res = rc(guest, svc, "stop")
         assert res.exited == 0 and "not running" in res.stdout
-        assert rc(conn, svc, "reload").exited != 0  # nothing to reload
+        assert rc(guest, svc, "reload").exited != 0  # nothing to reload
 
         # start: up again (answers, not only a pid)
-        res = rc(conn, svc, "start")
+        res = rc(guest, svc, "start")
         assert res.exited == 0, res.stdout + res.stderr
-        pid1 = status_pid(conn, svc)
+        pid1 = status_pid(guest, svc)
         assert pid1 and pid1 != pid0
-        assert is_up(conn, svc)
+        assert is_up(guest, svc)
 
         # restart: a new daemon that answers (httpd keeps its parent on -k restart)
-        res = rc(conn, svc, "restart")
+        res = rc(guest, svc, "restart")
         assert res.exited == 0, res.stdout + res.stderr
-        pid2 = status_pid(conn, svc)
+        pid2 = status_pid(guest, svc)
         assert pid2
         if svc != "httpd":
             assert pid2 != pid1
-        assert wait_for(lambda: is_up(conn, svc))
+        assert wait_for(lambda: is_up(guest, svc))
     finally:
-        if status_pid(conn, svc) is None:
-            rc(conn, svc, "start")
+        if status_pid(guest, svc) is None:
+            rc(guest, svc, "start")
         if svc == "docker" and containers:
-            sudo(conn, "docker start " + " ".join(containers))
+            sudo(guest, "docker start " + " ".join(containers))
         if svc == "pebble":
-            reissue_after_pebble_restart(conn, lab_paths)
+            reissue_after_pebble_restart(guest, lab_paths)
 
 
-def test_rc_script_usage(conn):
+def test_rc_script_usage(guest):
     for svc in SERVICES:
-        res = rc(conn, svc, "bogus")
+        res = rc(guest, svc, "bogus")
         assert res.exited == 2 and "usage" in res.stderr, svc
 
 
 # ---------------------------------------------------------------- the article, verbatim
-def test_apachectl_graceful_keeps_apache(conn):
-    pid = status_pid(conn, "httpd")
-    assert sudo(conn, "/usr/sbin/apachectl configtest").ok
-    res = sudo(conn, "/usr/sbin/apachectl -k graceful")
+def test_apachectl_graceful_keeps_apache(guest):
+    pid = status_pid(guest, "httpd")
+    assert sudo(guest, "/usr/sbin/apachectl configtest").ok
+    res = sudo(guest, "/usr/sbin/apachectl -k graceful")
     assert res.ok, res.stdout + res.stderr
     time.sleep(1)
-    assert status_pid(conn, "httpd") == pid
-    assert listening_tcp(conn, 80)
-    assert sudo(conn, "test -d /etc/httpd && readlink /etc/httpd").stdout.strip() == "/etc/apache2"
+    assert status_pid(guest, "httpd") == pid
+    assert listening_tcp(guest, 80)
+    assert sudo(guest, "test -d /etc/httpd && readlink /etc/httpd").stdout.strip() == "/etc/apache2"
 
 
-def test_postfix_check_and_reload(conn):
-    pid = status_pid(conn, "postfix")
-    assert sudo(conn, "postfix check").ok
-    assert sudo(conn, "postfix reload").ok
-    assert status_pid(conn, "postfix") == pid
-    assert wait_for(lambda: "reload" in sudo(conn, "tail -n 20 /var/log/maillog").stdout, 10)
+def test_postfix_check_and_reload(guest):
+    pid = status_pid(guest, "postfix")
+    assert sudo(guest, "postfix check").ok
+    assert sudo(guest, "postfix reload").ok
+    assert status_pid(guest, "postfix") == pid
+    assert wait_for(lambda: "reload" in sudo(guest, "tail -n 20 /var/log/maillog").stdout, 10)
 
 
-def test_killall_hup_dnsmasq_rereads_hosts(conn):
-    pid = status_pid(conn, "dnsmasq")
+def test_killall_hup_dnsmasq_rereads_hosts(guest):
+    pid = status_pid(guest, "dnsmasq")
     name = f"rc-test-{int(time.time())}.invalid-lab"
     try:
-        sudo(conn, f"sh -c 'echo \"192.0.2.77 {name}\" >> /etc/hosts'")
-        assert sudo(conn, "killall -HUP dnsmasq").ok
-        assert wait_for(lambda: sudo(conn, f"dig +short @127.0.0.1 {name}").stdout.strip()
+        sudo(guest, f"sh -c 'echo \"192.0.2.77 {name}\" >> /etc/hosts'")
+        assert sudo(guest, "killall -HUP dnsmasq").ok
+        assert wait_for(lambda: sudo(guest, f"dig +short @127.0.0.1 {name}").stdout.strip()
                         == "192.0.2.77", 10)
-        assert status_pid(conn, "dnsmasq") == pid
+        assert status_pid(guest, "dnsmasq") == pid
     finally:
-        sudo(conn, f"sed -i '/ {name}$/d' /etc/hosts")
-        sudo(conn, "killall -HUP dnsmasq")
+        sudo(guest, f"sed -i '/ {name}$/d' /etc/hosts")
+        sudo(guest, "killall -HUP dnsmasq")
 
 
-def test_sasl_layout(conn):
-    assert sudo(conn, "readlink /etc/postfix/sasl/smtpd.conf").stdout.strip() == "/etc/sasl2/smtpd.conf"
-    assert sudo(conn, "stat -c '%U:%G %a' /run/saslauthd").stdout.strip() == "root:sasl 710"
-    assert "sasl" in sudo(conn, "id -nG postfix").stdout.split()
-    assert sudo(conn, "test -x /usr/sbin/testsaslauthd || command -v testsaslauthd").ok
+def test_sasl_layout(guest):
+    assert sudo(guest, "readlink /etc/postfix/sasl/smtpd.conf").stdout.strip() == "/etc/sasl2/smtpd.conf"
+    assert sudo(guest, "stat -c '%U:%G %a' /run/saslauthd").stdout.strip() == "root:sasl 710"
+    assert "sasl" in sudo(guest, "id -nG postfix").stdout.split()
+    assert sudo(guest, "test -x /usr/sbin/testsaslauthd || command -v testsaslauthd").ok
 
 
-def test_users_group_and_useradd(conn):
-    assert sudo(conn, "getent group users").stdout.split(":")[2] == "100"
+def test_users_group_and_useradd(guest):
+    assert sudo(guest, "getent group users").stdout.split(":")[2] == "100"
     user = "rctestuser"
     try:
-        res = sudo(conn, f"/usr/sbin/useradd -c 'rc test' -m -g users -s /bin/false {user}")
+        res = sudo(guest, f"/usr/sbin/useradd -c 'rc test' -m -g users -s /bin/false {user}")
         assert res.ok, res.stderr
-        assert sudo(conn, f"id -gn {user}").stdout.strip() == "users"
+        assert sudo(guest, f"id -gn {user}").stdout.strip() == "users"
     finally:
-        sudo(conn, f"userdel -r {user}")
+        sudo(guest, f"userdel -r {user}")
 
 
-def test_article_directories_and_tools(conn):
+def test_article_directories_and_tools(guest):
     for d in ["/etc/dehydrated", "/etc/sasl2", "/usr/local/docker-ente", "/etc/ente-lab",
               *(f"/opt/dockerfiles/ente/{x}" for x in ("cli-data", "cli-export", "museum-data",
                 "museum-logs", "postgres-data", "minio-data", "webauth-data"))]:
-        assert sudo(conn, f"test -d {d}").ok, d
-    assert "1.29.2" in sudo(conn, "sh -c 'cd /usr/local/docker-ente && docker-compose version --short'").stdout
-    assert sudo(conn, "test -f /var/log/maillog").ok
-    assert sudo(conn, "test -x /usr/sbin/apachectl").ok
+        assert sudo(guest, f"test -d {d}").ok, d
+    assert "1.29.2" in sudo(guest, "sh -c 'cd /usr/local/docker-ente && docker-compose version --short'").stdout
+    assert sudo(guest, "test -f /var/log/maillog").ok
+    assert sudo(guest, "test -x /usr/sbin/apachectl").ok
 
 
-def test_dhclient_leaves_resolver_alone(conn):
-    conf = sudo(conn, "cat /etc/dhcp/dhclient.conf").stdout
+def test_dhclient_leaves_resolver_alone(guest):
+    conf = sudo(guest, "cat /etc/dhcp/dhclient.conf").stdout
     assert "supersede domain-name-servers 127.0.0.1;" in conf
-    hook = sudo(conn, "cat /etc/dhcp/dhclient-enter-hooks.d/ente-lab-keep-resolv").stdout
+    hook = sudo(guest, "cat /etc/dhcp/dhclient-enter-hooks.d/ente-lab-keep-resolv").stdout
     assert "make_resolv_conf()" in hook
     # the hook neutralises dhclient-script's resolv.conf writer
-    res = sudo(conn, "bash -c '. /etc/dhcp/dhclient-enter-hooks.d/ente-lab-keep-resolv; "
+    res = sudo(guest, "bash -c '. /etc/dhcp/dhclient-enter-hooks.d/ente-lab-keep-resolv; "
                      "cp /etc/resolv.conf /tmp/rc-resolv; new_domain_name_servers=192.0.2.53 "
                      "make_resolv_conf; cmp /etc/resolv.conf /tmp/rc-resolv'")
     assert res.ok
 
 
 # ---------------------------------------------------------------- pebble publishing (issue 5)
-def test_pebble_publishes_root_and_marker(conn):
-    assert sudo(conn, "test -s /etc/ente-lab/acme-root.pem && test -s /etc/ente-lab/pebble-tls-ca.pem").ok
-    served = sudo(conn, "curl -sf --cacert /etc/ente-lab/pebble-tls-ca.pem "
+def test_pebble_publishes_root_and_marker(guest):
+    assert sudo(guest, "test -s /etc/ente-lab/acme-root.pem && test -s /etc/ente-lab/pebble-tls-ca.pem").ok
+    served = sudo(guest, "curl -sf --cacert /etc/ente-lab/pebble-tls-ca.pem "
                         "https://127.0.0.1:15000/roots/0").stdout.strip()
-    assert served == sudo(conn, "cat /etc/ente-lab/acme-root.pem").stdout.strip()
-    assert sudo(conn, "cmp /etc/ente-lab/acme-root.pem "
+    assert served == sudo(guest, "cat /etc/ente-lab/acme-root.pem").stdout.strip()
+    assert sudo(guest, "cmp /etc/ente-lab/acme-root.pem "
                       "/usr/local/share/ca-certificates/ente-lab-acme-root.crt").ok
     # in the guest trust store: the intermediate verifies against the system bundle
-    assert sudo(conn, "openssl verify -CAfile /etc/ssl/certs/ca-certificates.crt "
+    assert sudo(guest, "openssl verify -CAfile /etc/ssl/certs/ca-certificates.crt "
                       "/etc/ente-lab/acme-intermediate.pem").ok
-    marker = sudo(conn, "cat /run/ente-lab/pebble.started").stdout
+    marker = sudo(guest, "cat /run/ente-lab/pebble.started").stdout
     fields = dict(line.split("=", 1) for line in marker.split())
-    assert int(fields["pid"]) == status_pid(conn, "pebble")
-    cfg = sudo(conn, "cat /etc/pebble/pebble-config.json").stdout
+    assert int(fields["pid"]) == status_pid(guest, "pebble")
+    cfg = sudo(guest, "cat /etc/pebble/pebble-config.json").stdout
     for s in ('"listenAddress": "127.0.0.1:14000"', '"managementListenAddress": "127.0.0.1:15000"',
               '"httpPort": 80', '"tlsPort": 443'):
         assert s in cfg

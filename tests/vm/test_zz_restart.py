@@ -12,8 +12,7 @@ import uuid
 
 import pytest
 
-from entelab import certs, connection, lab, verify, vm
-from labfix import sh
+from entelab import certs, lab, verify, vm
 
 pytestmark = pytest.mark.vm
 
@@ -21,34 +20,34 @@ pytestmark = pytest.mark.vm
 def host_side_serial(paths, settings, address: str) -> str:
     """Connect from the host to the VM's address (the lab's own network) on 443."""
     ctx = ssl.create_default_context(cafile=str(paths.home / "acme-root.pem"))
-    with socket.create_connection((address, 443), timeout=20) as raw:
-        with ctx.wrap_socket(raw, server_hostname=settings.api_host) as tls:
-            return tls.getpeercert()["serialNumber"]
+    with socket.create_connection((address, 443), timeout=20) as raw, \
+            ctx.wrap_socket(raw, server_hostname=settings.api_host) as tls:
+        return tls.getpeercert()["serialNumber"]
 
 
-def test_down_up_keeps_disk_restarts_services_and_renewals_work(conn, paths, settings):
+def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, settings):
     token = uuid.uuid4().hex
-    conn.run(f"echo {token} > ~/persist-check && sync", hide=True)
-    old_marker = sh(conn, f"cat {certs.PEBBLE_MARKER}").stdout
+    guest.run(f"echo {token} > ~/persist-check && sync", sudo=False)
+    old_marker = guest.run(f"cat {certs.PEBBLE_MARKER}").stdout
     old_root = (paths.home / "acme-root.pem").read_text()
-    conn.close()
+    guest.close()
 
     vm.down(paths)
     assert vm.domain_state(paths) == "shut off"
     lab.up(paths, settings)
     assert vm.domain_state(paths) == "running"
 
-    with connection.connect(paths, refresh=True) as c2:
-        assert c2.run("cat ~/persist-check", hide=True).stdout.strip() == token
+    with lab.guest(paths) as g2:
+        assert g2.run("cat ~/persist-check", sudo=False).stdout.strip() == token
         # every service came back through rc-slackware.service at boot
-        assert set(verify.services(c2).values()) == {"running"}, verify.services(c2)
-        assert c2.run("systemctl is-active rc-slackware.service", hide=True).stdout.strip() == "active"
+        assert set(verify.services(g2).values()) == {"running"}, verify.services(g2)
+        assert g2.run("systemctl is-active rc-slackware.service", sudo=False).stdout.strip() == "active"
         # pebble restarted: new marker, new root, republished to the host
-        assert sh(c2, f"cat {certs.PEBBLE_MARKER}").stdout != old_marker
+        assert g2.run(f"cat {certs.PEBBLE_MARKER}").stdout != old_marker
         new_root = (paths.home / "acme-root.pem").read_text()
         assert new_root != old_root
         # a forced renewal still works and both services serve the new certificate
-        r = certs.renew_with(c2, paths)
+        r = certs.renew_with(g2, paths, settings)
         assert r["after"]["apache"] == r["after"]["postfix"] == r["after"]["file"] != r["before"]["apache"]
         address = vm.state(paths)["address"]
         assert host_side_serial(paths, settings, address).upper() == r["after"]["file"].upper()
@@ -56,7 +55,7 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(conn, paths, set
         stale = paths.home / "stale-root.pem"
         stale.write_text(old_root)
         ctx = ssl.create_default_context(cafile=str(stale))
-        with socket.create_connection((address, 443), timeout=20) as raw:
-            with pytest.raises(ssl.SSLCertVerificationError):
-                ctx.wrap_socket(raw, server_hostname=settings.api_host)
+        with socket.create_connection((address, 443), timeout=20) as raw, \
+                pytest.raises(ssl.SSLCertVerificationError):
+            ctx.wrap_socket(raw, server_hostname=settings.api_host)
         stale.unlink()
