@@ -25,17 +25,21 @@ import tempfile
 import time
 from pathlib import Path
 
-BEGIN = "# BEGIN ente-lab managed block"
-END = "# END ente-lab managed block"
-STATE_FILE = "/var/lib/ente-lab/last-converge.json"
+try:                        # on the host (tests, converge's planner) ...
+    from . import vocab
+except ImportError:         # ... and in the guest, where vocab.py is shipped beside this file
+    import vocab  # type: ignore[no-redef]
 
-# How a staged copy of each kind of file is checked. {stage} is the staged
-# config tree root (mirrors /), {file} the staged file.
-VALIDATE_DIRS = {"apache": "/etc/apache2", "postfix": "/etc/postfix"}
-RELOAD_ORDER = ["users", "saslauthd", "dnsmasq", "postfix", "sendmail", "httpd",
-                "docker-network", "ente-stack"]
-RC = {"httpd": "rc.httpd", "postfix": "rc.postfix", "saslauthd": "rc.saslauthd",
-      "dnsmasq": "rc.dnsmasq", "sendmail": "rc.sendmail"}
+Action, Validator, Reload, Op = vocab.Action, vocab.Validator, vocab.Reload, vocab.Op
+BEGIN = vocab.BLOCK_BEGIN_PREFIX
+END = vocab.BLOCK_END
+STATE_FILE = vocab.STATE_FILE
+
+# Validators that check a staged copy of a whole configuration directory.
+VALIDATE_DIRS = {Validator.APACHE: "/etc/apache2", Validator.POSTFIX: "/etc/postfix"}
+# Validators that check one staged file: the command, {src} the staged file.
+VALIDATE_FILE = {Validator.SUDOERS: "visudo -cf {src}", Validator.DNSMASQ: "dnsmasq --test -C {src}",
+                 Validator.SHELL: "sh -n {src}"}
 
 
 def extract_block(text: str) -> str | None:
@@ -66,12 +70,19 @@ def _fact(path: Path, merge: str) -> dict:
     if not path.exists():
         return {"type": "missing"}
     st = path.stat()
+    if path.is_dir():
+        return {"type": "dir", **_owner(st)}
     data = path.read_bytes()
     if merge == "block":
         block = extract_block(data.decode(errors="replace"))
         digest = hashlib.sha256(block.encode()).hexdigest() if block is not None else ""
     else:
         digest = hashlib.sha256(data).hexdigest()
+    return {"type": "file", "sha256": digest, **_owner(st)}
+
+
+def _owner(st: os.stat_result) -> dict:
+    """mode, owner and group of a stat result, by name where the name exists."""
     try:
         owner = pwd.getpwuid(st.st_uid).pw_name
     except KeyError:
@@ -80,8 +91,7 @@ def _fact(path: Path, merge: str) -> dict:
         group = grp.getgrgid(st.st_gid).gr_name
     except KeyError:
         group = str(st.st_gid)
-    return {"type": "file", "sha256": digest, "mode": "%04o" % (st.st_mode & 0o7777),
-            "owner": owner, "group": group}
+    return {"mode": "%04o" % (st.st_mode & 0o7777), "owner": owner, "group": group}
 
 
 def facts(entries: list[dict], root: str = "/") -> dict:
@@ -96,15 +106,16 @@ def _run(cmd: str, env: dict | None = None) -> tuple[int, str]:
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
-def _validate(kind: str, ops: list[dict], bundle: Path, root: Path, stage: Path) -> tuple[bool, str]:
+def _validate(kind: vocab.Validator, ops: list[vocab.Op], bundle: Path, root: Path,
+              stage: Path) -> tuple[bool, str]:
     """Check the staged copies of one validation kind. Returns (ok, output)."""
-    staged = {op["path"]: bundle / "files" / op["path"].lstrip("/") for op in ops
-              if op["action"] in ("write", "merge-block")}
-    if not staged:
+    staged = {op.path: bundle / "files" / op.path.lstrip("/") for op in ops
+              if op.action in (Action.WRITE, Action.MERGE_BLOCK)}
+    if not staged or kind is Validator.NONE:
         return True, ""
     if kind in VALIDATE_DIRS:
         live = root / VALIDATE_DIRS[kind].lstrip("/")
-        copy = stage / kind
+        copy = stage / kind.value
         shutil.copytree(live, copy, symlinks=True)
         for path, src in staged.items():
             rel = Path(path).relative_to(VALIDATE_DIRS[kind])
@@ -112,20 +123,16 @@ def _validate(kind: str, ops: list[dict], bundle: Path, root: Path, stage: Path)
             if (copy / rel).is_symlink():
                 (copy / rel).unlink()
             shutil.copyfile(src, copy / rel)
-        if kind == "apache":
+        if kind is Validator.APACHE:
             return _flip(_run(f". {live}/envvars && mkdir -p \"$APACHE_RUN_DIR\" \"$APACHE_LOCK_DIR\" "
                               f"\"$APACHE_LOG_DIR\" && apache2 -t -d {copy} -f {copy}/apache2.conf"))
         return _flip(_run(f"postfix -c {copy} check && postconf -c {copy} -n >/dev/null"))
     outputs = []
     ok = True
     for path, src in staged.items():
-        if kind == "sudoers":
-            rc, out = _run(f"visudo -cf {src}")
-        elif kind == "dnsmasq":
-            rc, out = _run(f"dnsmasq --test -C {src}")
-        elif kind == "shell":
-            rc, out = _run(f"sh -n {src}")
-        elif kind == "compose":
+        if kind in VALIDATE_FILE:
+            rc, out = _run(VALIDATE_FILE[kind].format(src=src))
+        elif kind is Validator.COMPOSE:
             proj = stage / "compose"
             live = (root / path.lstrip("/")).parent
             if live.is_dir():
@@ -139,8 +146,8 @@ def _validate(kind: str, ops: list[dict], bundle: Path, root: Path, stage: Path)
             for ctx in ("ente-git/web", "ente-git/cli"):   # build contexts: checked by the stack
                 (proj / ctx).mkdir(parents=True, exist_ok=True)
             rc, out = _run(f"cd {proj} && docker-compose -f {Path(path).name} config -q")
-        else:
-            rc, out = 0, ""
+        else:   # every Validator is handled above; a new one must be added here
+            rc, out = 1, f"validator {kind.value!r} has no implementation in the agent"
         ok = ok and rc == 0
         if rc:
             outputs.append(f"{path}: {out}")
@@ -151,20 +158,24 @@ def _flip(result: tuple[int, str]) -> tuple[bool, str]:
     return result[0] == 0, result[1]
 
 
-def _install(op: dict, bundle: Path, root: Path) -> None:
-    dest = root / op["path"].lstrip("/")
+def _install(op: vocab.Op, bundle: Path, root: Path) -> None:
+    dest = root / op.path.lstrip("/")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    action = op["action"]
-    if action == "link":
+    if op.action is Action.LINK:
         if dest.is_symlink() or dest.exists():
             dest.unlink()
-        dest.symlink_to(op["target"])
+        dest.symlink_to(op.target)
         return
-    if action in ("write", "merge-block"):
-        src = bundle / "files" / op["path"].lstrip("/")
-        if action == "merge-block":
+    if op.action is Action.MKDIR:
+        dest.mkdir(exist_ok=True)
+        os.chmod(dest, int(op.mode, 8))
+        _chown(dest, op)
+        return
+    if op.action in (Action.WRITE, Action.MERGE_BLOCK):
+        src = bundle / "files" / op.path.lstrip("/")
+        if op.action is Action.MERGE_BLOCK:
             current = dest.read_text() if dest.exists() else ""
-            data = merge_block(current, src.read_text(), top=op.get("top", False)).encode()
+            data = merge_block(current, src.read_text(), top=op.top).encode()
         else:
             data = src.read_bytes()
         if dest.is_symlink():        # e.g. resolv.conf managed elsewhere: replace the link
@@ -172,28 +183,28 @@ def _install(op: dict, bundle: Path, root: Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".ente-lab-")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, int(op["mode"], 8))
+        os.chmod(tmp, int(op.mode, 8))
         _chown(tmp, op)
         os.replace(tmp, dest)
         return
-    if action in ("chmod", "chown", "attrs"):
-        os.chmod(dest, int(op["mode"], 8))
-        _chown(dest, op)
+    # Action.ATTRS: content is right, mode/owner drifted
+    os.chmod(dest, int(op.mode, 8))
+    _chown(dest, op)
 
 
-def _chown(path, op: dict) -> None:
+def _chown(path: str | Path, op: vocab.Op) -> None:
     try:
-        uid = pwd.getpwnam(op["owner"]).pw_uid
-        gid = grp.getgrnam(op["group"]).gr_gid
+        uid = pwd.getpwnam(op.owner).pw_uid
+        gid = grp.getgrnam(op.group).gr_gid
     except KeyError:
         uid = gid = -1   # user not there yet: created by the users step, re-owned next run
     if os.geteuid() == 0:
         os.chown(path, uid, gid)
 
 
-def _reload(service: str, root: Path) -> tuple[bool, str]:
-    if service in RC:
-        script = root / "etc/rc.d" / RC[service]
+def _reload(service: vocab.Reload, root: Path) -> tuple[bool, str]:
+    if service in vocab.RC_SCRIPT:
+        script = root / "etc/rc.d" / vocab.RC_SCRIPT[service]
         if not script.exists():
             return False, f"{script} missing"
         running = _run(f"{script} status")[0] == 0
@@ -203,9 +214,9 @@ def _reload(service: str, root: Path) -> tuple[bool, str]:
             rc2, out2 = _run(f"{script} start")
             return False, f"{out}\n{service} was not running after the reload; start: {out2}"
         return rc == 0, out
-    if service == "users":
+    if service is Reload.USERS:
         return _apply_users(root)
-    return True, "nothing to do yet (managed by a later stage)"
+    return False, f"no reload implemented for {service.value!r}"
 
 
 def _apply_users(root: Path) -> tuple[bool, str]:
@@ -260,41 +271,54 @@ def _apply_users(root: Path) -> tuple[bool, str]:
 
 
 def apply(bundle: Path, root: Path = Path("/"), reload: bool = True) -> dict:
-    plan = json.loads((bundle / "plan.json").read_text())
-    ops: list[dict] = plan["ops"]
+    """Stage, validate, install, reload. With ``reload=False`` (tests), nothing is
+    reloaded: what would have been is listed under ``would_reload``."""
     report: dict = {"installed": [], "refused": {}, "reloaded": [], "reload_failed": {},
-              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                    "skipped": {}, "would_reload": [],
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    raw = json.loads((bundle / "plan.json").read_text())["ops"]
+    try:
+        ops = [Op.from_dict(d) for d in raw]
+    except (vocab.UnknownKind, KeyError) as exc:
+        # a plan this agent does not understand: install nothing at all
+        report["refused"] = {str(d.get("path", "?")): f"refused plan: {exc}" for d in raw}
+        return report
     stage = Path(tempfile.mkdtemp(prefix="ente-lab-stage-"))
     try:
-        by_kind: dict[str, list[dict]] = {}
+        by_kind: dict[vocab.Validator, list[vocab.Op]] = {}
         for op in ops:
-            by_kind.setdefault(op.get("validate", "none"), []).append(op)
+            by_kind.setdefault(op.validate, []).append(op)
         refused_paths = set()
         for kind, kops in by_kind.items():
             ok, out = _validate(kind, kops, bundle, root, stage)
             if not ok:
                 for op in kops:
-                    if op["action"] in ("write", "merge-block"):
-                        report["refused"][op["path"]] = out[-2000:]
-                        refused_paths.add(op["path"])
+                    if op.action in (Action.WRITE, Action.MERGE_BLOCK):
+                        report["refused"][op.path] = out[-2000:]
+                        refused_paths.add(op.path)
         services = []
         for op in ops:
-            if op["path"] in refused_paths:
+            if op.path in refused_paths:
                 continue
             _install(op, bundle, root)
-            report["installed"].append(f"{op['action']} {op['path']}")
-            if op.get("reload", "none") != "none" and op["action"] != "attrs":
-                services.append(op["reload"])
+            report["installed"].append(f"{op.action.value} {op.path}")
+            if op.reload is not Reload.NONE and op.action is not Action.ATTRS:
+                services.append(op.reload)
         # A refused file's service is never reloaded, even if another of its files changed.
-        blocked = {op.get("reload") for op in ops if op["path"] in refused_paths}
-        for service in RELOAD_ORDER:
-            if service in services and service not in blocked:
-                if not reload:
-                    report["reloaded"].append(service)
-                    continue
+        blocked = {op.reload for op in ops if op.path in refused_paths}
+        for service in vocab.RELOAD_ORDER:
+            if service not in services or service in blocked:
+                continue
+            if service in vocab.NOT_IMPLEMENTED:
+                report["skipped"][service.value] = vocab.NOT_IMPLEMENTED[service]
+            elif not reload:
+                report["would_reload"].append(service.value)
+            else:
                 ok, out = _reload(service, root)
-                (report["reloaded"].append(service) if ok
-                 else report["reload_failed"].__setitem__(service, out[-2000:]))
+                if ok:
+                    report["reloaded"].append(service.value)
+                else:
+                    report["reload_failed"][service.value] = out[-2000:]
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     state = root / STATE_FILE.lstrip("/")

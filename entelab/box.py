@@ -19,6 +19,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from . import vocab
 from .errors import StageFailed
 from .hostrun import run, vagrant, virsh
 from .progress import info, stage, warn
@@ -93,7 +94,8 @@ def recipe_hash(root: Path) -> str:
     """sha256 over everything that shapes the image. Same inputs -> same hash."""
     h = hashlib.sha256()
     meta = {"suite": SUITE, "mirrors": MIRRORS, "packages": sorted(PACKAGES),
-            "debconf": DEBCONF, "size": IMAGE_SIZE, "format": 2}
+            "debconf": DEBCONF, "size": IMAGE_SIZE, "format": 2,
+            "services": list(vocab.SERVICE_NAMES)}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for rel, data in _tree_entries(box_dir(root), "box") + _tree_entries(guest_dir(root), "guest"):
         h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
@@ -119,12 +121,16 @@ def build_image(p: LabPaths, out: Path) -> None:
     staging.mkdir(parents=True)
     hooks = box_dir(p.root)
     debconf = "\n".join(DEBCONF)
+    services = " ".join(vocab.SERVICE_NAMES)
     q = lambda path: shlex.quote(str(path))  # noqa: E731 - hooks run through sh
     cmd = [
         "mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
         "--include=" + ",".join(PACKAGES),
         "--essential-hook=" + f"printf '%s\\n' '{debconf}' | chroot \"$1\" debconf-set-selections",
         "--customize-hook=" + f"sh {q(hooks / 'customize.sh')} \"$1\" {q(staging)} {q(vagrant_pubkey())}",
+        # the service list, defined once in entelab/vocab.py, for rc.M and setup.sh
+        "--customize-hook=" + f"mkdir -p \"$1/etc/ente-lab\" && printf '%s\\n' {services} "
+                              f"> \"$1{vocab.SERVICES_FILE}\"",
         "--customize-hook=" + f"sh {q(hooks / 'guest-hook.sh')} \"$1\" {q(guest_dir(p.root))}",
         "--customize-hook=" + "chroot \"$1\" apt-get clean",
         SUITE, str(rootfs), *MIRRORS,

@@ -20,42 +20,58 @@ from typing import Any, cast
 from rich.markup import escape
 from rich.table import Table
 
-from . import agent
+from . import agent, vocab
 from .errors import GuestCommandError, StageFailed
 from .guest import Guest
 from .progress import console, stage
 from .render import Entry, load_manifest
 from .state import LabPaths
+from .vocab import Action, Op, Reload, Validator
 
 AGENT_SRC = Path(agent.__file__).read_text()
+VOCAB_SRC = Path(vocab.__file__).read_text()
+# The facts program: the vocabulary installed as module ``vocab``, then the agent.
+FACTS_PROGRAM = (f"import sys, types\nsys.modules['vocab'] = _m = types.ModuleType('vocab')\n"
+                 f"exec(compile({VOCAB_SRC!r}, 'vocab.py', 'exec'), _m.__dict__)\n"
+                 f"exec(compile({AGENT_SRC!r}, 'agent.py', 'exec'))\n")
 TOP_OF_FILE = {"/etc/resolv.conf"}   # the article: "add this line at the top"
 REMOTE_BUNDLE = "/tmp/ente-lab-bundle"
 
 
-def plan(entries: list[Entry], facts: dict) -> list[dict]:
+def plan(entries: list[Entry], facts: dict) -> list[Op]:
     """Operations that bring the guest to the manifest. [] when converged."""
-    ops = []
+    ops: list[Op] = []
     for e in entries:
         f = facts.get(e.path, {"type": "missing"})
-        base: dict[str, object] = {"path": e.path, "mode": e.mode, "owner": e.owner, "group": e.group,
-                "reload": e.reload, "validate": e.validate}
+
+        def op(action: Action, validate: Validator | None = None, e: Entry = e, **kw: object) -> Op:
+            return Op(path=e.path, action=action, mode=e.mode, owner=e.owner, group=e.group,
+                      reload=Reload(e.reload), validate=validate or Validator(e.validate),
+                      **kw)  # type: ignore[arg-type]
+
         if e.kind == "link":
             if f.get("type") != "link" or f.get("target") != e.target:
-                ops.append({**base, "action": "link", "target": e.target, "validate": "none"})
+                ops.append(op(Action.LINK, Validator.NONE, target=e.target))
+            continue
+        if e.kind == "dir":
+            if f.get("type") != "dir":
+                ops.append(op(Action.MKDIR, Validator.NONE))
+            elif (f.get("mode"), f.get("owner"), f.get("group")) != (e.mode, e.owner, e.group):
+                ops.append(op(Action.ATTRS, Validator.NONE))
             continue
         if e.merge == "block":
             if f.get("type") != "file" or f.get("sha256") != e.sha256:
-                ops.append({**base, "action": "merge-block", "top": e.path in TOP_OF_FILE})
+                ops.append(op(Action.MERGE_BLOCK, top=e.path in TOP_OF_FILE))
             continue
         if f.get("type") != "file" or f.get("sha256") != e.sha256:
-            ops.append({**base, "action": "write"})
+            ops.append(op(Action.WRITE))
         elif (f.get("mode"), f.get("owner"), f.get("group")) != (e.mode, e.owner, e.group):
-            ops.append({**base, "action": "attrs", "validate": "none"})
+            ops.append(op(Action.ATTRS, Validator.NONE))
     return ops
 
 
-def bundle(ops: list[dict], rendered: Path) -> bytes:
-    """One tar.gz: agent.py, plan.json and the files the plan writes."""
+def bundle(ops: list[Op], rendered: Path) -> bytes:
+    """One tar.gz: agent.py, vocab.py, plan.json and the files the plan writes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         def add(name: str, data: bytes, mode: int = 0o600) -> None:
@@ -63,23 +79,24 @@ def bundle(ops: list[dict], rendered: Path) -> bytes:
             info.size, info.mode, info.mtime = len(data), mode, int(time.time())
             tar.addfile(info, io.BytesIO(data))
         add("agent.py", AGENT_SRC.encode(), 0o700)
-        add("plan.json", json.dumps({"ops": ops}).encode())
+        add("vocab.py", VOCAB_SRC.encode())
+        add("plan.json", json.dumps({"ops": [op.to_dict() for op in ops]}).encode())
         for op in ops:
-            if op["action"] in ("write", "merge-block"):
-                add("files/" + op["path"].lstrip("/"), (rendered / op["path"].lstrip("/")).read_bytes())
+            if op.action in (Action.WRITE, Action.MERGE_BLOCK):
+                add("files/" + op.path.lstrip("/"), (rendered / op.path.lstrip("/")).read_bytes())
     return buf.getvalue()
 
 
 def remote_facts(guest: Guest, entries: list[Entry]) -> dict[str, Any]:
     payload = base64.b64encode(json.dumps(
         [{"path": e.path, "merge": e.merge} for e in entries]).encode()).decode()
-    return cast(dict[str, Any], guest.python(AGENT_SRC, argv=["facts", payload], sudo=True,
+    return cast(dict[str, Any], guest.python(FACTS_PROGRAM, argv=["facts", payload], sudo=True,
                                              name="converge agent: facts"))
 
 
 @dataclass
 class ConvergeResult:
-    ops: list[dict]
+    ops: list[Op]
     report: dict = field(default_factory=dict)
     round_trips: int = 0
     seconds: float = 0.0
@@ -124,12 +141,14 @@ def show(result: ConvergeResult) -> None:
     table.add_column("result")
     refused = result.report.get("refused", {})
     for op in result.ops:
-        table.add_row(op["path"], op["action"],
-                      "[red]REFUSED (live file kept)[/]" if op["path"] in refused else "[green]installed[/]")
+        table.add_row(escape(op.path), op.action.value,
+                      "[red]REFUSED (live file kept)[/]" if op.path in refused else "[green]installed[/]")
     console.print(table)
     for path, out in refused.items():
         console.print(f"[red]refused[/] {escape(path)}: validation failed:\n{escape(out)}")
     console.print(f"reloaded: {', '.join(result.report.get('reloaded', [])) or 'nothing'}")
+    for name, why in result.report.get("skipped", {}).items():
+        console.print(f"not reloaded: {escape(name)} ({escape(why)})")
     for svc, out in result.report.get("reload_failed", {}).items():
         console.print(f"[red]reload failed[/] {escape(svc)}: {escape(out)}\n"
                       f"  next: ./labctl lab.ssh -c '/etc/rc.d/rc.{svc} status'")

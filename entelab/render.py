@@ -20,17 +20,17 @@ import yaml
 from rich.table import Table
 
 from . import secrets as secrets_mod
+from . import vocab
 from .errors import TemplateError
 from .progress import console, info
 from .settings import Settings
 from .state import ROOT, LabPaths, default_box_name
 
 TEMPLATES = ROOT / "templates"
-MANAGED_BEGIN = "# BEGIN ente-lab managed block (do not edit inside; lab.converge rewrites it)"
-MANAGED_END = "# END ente-lab managed block"
-RELOADS = {"httpd", "postfix", "sendmail", "saslauthd", "dnsmasq", "ente-stack", "users",
-           "docker-network", "none"}
-VALIDATORS = {"apache", "postfix", "sudoers", "dnsmasq", "shell", "compose", "none"}
+MANAGED_BEGIN = vocab.BLOCK_BEGIN
+MANAGED_END = vocab.BLOCK_END
+RELOADS = {r.value for r in vocab.Reload}
+VALIDATORS = {v.value for v in vocab.Validator}
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Entry:
     validate: str = "none"    # how converge checks a staged copy
     section: str = ""         # the article section it implements
     sha256: str = ""
-    kind: str = "file"        # file or link
+    kind: str = "file"        # file, link or dir
     target: str = ""          # for links
 
 
@@ -121,6 +121,14 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
             entry.sha256 = hashlib.sha256(data).hexdigest()
             problems += _entry_problems(entry, text, secrets, seen)
             rendered.append((entry, data))
+        for d in spec.get("dirs", []):
+            dest = env.from_string(d["dest"]).render(**ctx)
+            entry = Entry(path=dest, mode=str(d.get("mode", "0755")), owner=d.get("owner", "root"),
+                          group=d.get("group", "root"), service=service, src="", reload="none",
+                          kind="dir", section=d.get("section", section))
+            entry.sha256 = hashlib.sha256(b"dir").hexdigest()
+            problems += _entry_problems(entry, "", secrets, seen)
+            rendered.append((entry, b""))
         for link in spec.get("links", []):
             when = link.get("when")
             if when and not env.compile_expression(when)(**ctx):
@@ -197,6 +205,11 @@ def render_lab(paths: LabPaths, settings: Settings, rotate: bool = False,
     for entry, data in rendered:
         target = root / entry.path.lstrip("/")
         wanted.add(target)
+        if entry.kind == "dir":
+            if not target.is_dir():
+                target.mkdir(parents=True)
+                result.changed.append(entry.path)
+            continue
         if entry.kind == "link":
             if not (target.is_symlink() and str(target.readlink()) == entry.target):
                 target.parent.mkdir(parents=True, exist_ok=True)

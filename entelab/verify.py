@@ -15,6 +15,7 @@ from typing import Any, cast
 from rich.markup import escape
 from rich.table import Table
 
+from . import vocab
 from .errors import GuestCommandError, StageFailed
 from .guest import Guest
 from .progress import console, stage
@@ -129,7 +130,7 @@ def wait_boot(guest: Guest, timeout: float = 900) -> str:
 
 def services(guest: Guest) -> dict[str, str]:
     """State of each service from its rc.d script."""
-    res = guest.run("for s in dnsmasq saslauthd postfix pebble httpd docker; do "
+    res = guest.run(f"for s in {' '.join(vocab.SERVICE_NAMES)}; do "
                     "printf '%s ' $s; /etc/rc.d/rc.$s status >/dev/null 2>&1 && echo running "
                     "|| echo stopped; done", check=False)
     return dict(line.split(" ", 1) for line in res.stdout.strip().splitlines() if " " in line)

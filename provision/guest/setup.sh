@@ -8,12 +8,11 @@
 #   * rc.d scripts executable, one systemd unit (rc-slackware.service) enabled,
 #     the distribution units they replace masked (one manager per service);
 #   * Apache: modules, no 000-default site, /etc/httpd -> /etc/apache2;
-#   * SASL: /etc/sasl2/, Debian Postfix's SASL path linked to /etc/sasl2/smtpd.conf,
-#     postfix in group sasl;
+#   * SASL: /etc/sasl2/ (the SASL link and postfix's group are converge's);
 #   * Postfix without syslog: maillog_file = /var/log/maillog;
 #   * dnsmasq: Slackware-like default /etc/dnsmasq.conf (all comments);
-#   * directories the article uses (/etc/dehydrated, /usr/local/docker-ente,
-#     /opt/dockerfiles/ente/...), group "users".
+#   * the lab's own directories (/etc/dehydrated, /etc/ente-lab, /etc/pebble),
+#     group "users" (the article's compose/data directories are converge's).
 set -eu
 
 log() {
@@ -24,7 +23,13 @@ warn() {
     printf 'ente-lab setup: WARNING: %s\n' "$*" >&2
 }
 
-RC_SCRIPTS="rc.dnsmasq rc.saslauthd rc.postfix rc.pebble rc.httpd rc.docker rc.M"
+# The service list is defined once (entelab/vocab.py); the box build writes it here.
+SERVICES_FILE=/etc/ente-lab/services
+if [ ! -s "$SERVICES_FILE" ]; then
+    printf 'ente-lab setup: %s missing (the box build writes it first)\n' "$SERVICES_FILE" >&2
+    exit 1
+fi
+RC_SCRIPTS="$(grep -v '^[[:space:]]*#' "$SERVICES_FILE" | sed 's/^/rc./' | tr '\n' ' ')rc.M"
 MASK_UNITS="apache2.service apache-htcacheclean.service postfix.service postfix@-.service
 postfix-resolvconf.path postfix-resolvconf.service saslauthd.service docker.service
 docker.socket containerd.service dnsmasq.service"
@@ -123,21 +128,10 @@ fi
 [ -x /usr/sbin/apachectl ] || warn "/usr/sbin/apachectl missing"
 
 # ------------------------------------------------------------------ SASL + Postfix
+# The SASL link (/etc/postfix/sasl/smtpd.conf -> /etc/sasl2/smtpd.conf) and
+# postfix's membership of group sasl are converge's (templates/sasl, templates/users).
 mkdir -p /etc/sasl2
 chmod 0755 /etc/sasl2
-mkdir -p /etc/postfix/sasl
-if [ -e /etc/postfix/sasl/smtpd.conf ] && [ ! -L /etc/postfix/sasl/smtpd.conf ]; then
-    mv /etc/postfix/sasl/smtpd.conf /etc/postfix/sasl/smtpd.conf.debian
-    warn "moved Debian's /etc/postfix/sasl/smtpd.conf to smtpd.conf.debian"
-fi
-ln -sfn /etc/sasl2/smtpd.conf /etc/postfix/sasl/smtpd.conf
-log "sasl: /etc/postfix/sasl/smtpd.conf -> /etc/sasl2/smtpd.conf (the lab writes the latter)"
-if getent group sasl >/dev/null && id postfix >/dev/null 2>&1; then
-    usermod -aG sasl postfix
-    log "postfix added to group sasl (saslauthd socket dir is root:sasl 0710)"
-else
-    warn "group sasl or user postfix missing"
-fi
 # No syslog in the guest: Postfix logs to a file with Slackware's name.
 touch /var/log/maillog
 chmod 0640 /var/log/maillog
@@ -161,11 +155,10 @@ if [ ! -e /etc/dnsmasq.conf ]; then
     log "dnsmasq: default /etc/dnsmasq.conf installed"
 fi
 
-# ------------------------------------------------------------------ article directories
-mkdir -p /etc/dehydrated /etc/ente-lab /etc/pebble /usr/local/docker-ente
-for d in cli-data cli-export museum-data museum-logs postgres-data minio-data webauth-data; do
-    mkdir -p "/opt/dockerfiles/ente/$d"
-done
+# ------------------------------------------------------------------ lab directories
+# The article's compose and data directories follow the paths.* settings: converge
+# creates them (templates/ente/service.yaml, dirs).
+mkdir -p /etc/dehydrated /etc/ente-lab /etc/pebble
 getent group users >/dev/null || groupadd -g 100 users
 command -v docker-compose >/dev/null 2>&1 || warn "docker-compose not found (package docker-compose)"
 command -v killall >/dev/null 2>&1 || warn "killall not found (package psmisc)"

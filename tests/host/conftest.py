@@ -60,6 +60,8 @@ def render_into(root: Path, settings, secrets) -> Tree:
         target.parent.mkdir(parents=True, exist_ok=True)
         if entry.kind == "link":
             target.symlink_to(entry.target)
+        elif entry.kind == "dir":
+            target.mkdir(exist_ok=True)
         else:
             target.write_bytes(data)
             target.chmod(int(entry.mode, 8))

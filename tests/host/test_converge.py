@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from recording import RecordingConnection
 
-from entelab import agent, converge
+from entelab import agent, converge, vocab
 from entelab.guest import Guest
 from entelab.render import MANAGED_BEGIN, MANAGED_END, Entry
+from entelab.vocab import Action, Op
 
 
 def entry(path, data=b"x\n", **kw):
@@ -48,9 +49,9 @@ def test_already_converged_expects_no_operations():
 ])
 def test_only_what_differs(facts, action):
     ops = converge.plan([entry("/etc/a", reload="httpd", validate="apache")], facts)
-    assert [o["action"] for o in ops] == [action]
-    assert ops[0]["reload"] == "httpd"
-    assert ops[0]["validate"] == ("none" if action == "attrs" else "apache")
+    assert [o.action.value for o in ops] == [action]
+    assert ops[0].reload == "httpd"
+    assert ops[0].validate == ("none" if action == "attrs" else "apache")
 
 
 def test_block_compares_only_the_block():
@@ -58,7 +59,7 @@ def test_block_compares_only_the_block():
     e = entry("/etc/resolv.conf", block, merge="block")
     assert converge.plan([e], {"/etc/resolv.conf": fact(block, mode="0600")}) == []
     ops = converge.plan([e], {"/etc/resolv.conf": {"type": "missing"}})
-    assert ops[0]["action"] == "merge-block" and ops[0]["top"] is True
+    assert ops[0].action == "merge-block" and ops[0].top is True
 
 
 def test_merge_block_keeps_other_lines():
@@ -117,7 +118,8 @@ def root(tmp_path):
 def test_broken_apache_file_never_replaces_live(tmp_path, root):
     live = root / "etc/apache2/sites-enabled/ente.conf"
     _, report = _apply(tmp_path, root, {"/etc/apache2/sites-enabled/ente.conf": (VHOST_OK, "apache", "httpd")})
-    assert report["refused"] == {} and report["reloaded"] == ["httpd"]
+    assert report["refused"] == {} and report["would_reload"] == ["httpd"]
+    assert report["reloaded"] == [], "nothing ran: reload=False reports would_reload only"
     assert live.read_bytes() == VHOST_OK
     _, report = _apply(tmp_path, root, {"/etc/apache2/sites-enabled/ente.conf": (VHOST_BAD, "apache", "httpd")})
     assert "/etc/apache2/sites-enabled/ente.conf" in report["refused"]
@@ -163,13 +165,14 @@ def test_bundle_contains_only_planned_files(tmp_path):
     (rendered / "etc").mkdir(parents=True)
     (rendered / "etc/a").write_text("a")
     (rendered / "etc/b").write_text("b")
-    ops = [{"path": "/etc/a", "action": "write"}, {"path": "/etc/b", "action": "attrs"}]
+    ops = [Op("/etc/a", Action.WRITE, "0644", "root", "root"),
+           Op("/etc/b", Action.ATTRS, "0644", "root", "root")]
     with tarfile.open(fileobj=io.BytesIO(converge.bundle(ops, rendered))) as tar:
         names = sorted(tar.getnames())
-    assert names == ["agent.py", "files/etc/a", "plan.json"]
+    assert names == ["agent.py", "files/etc/a", "plan.json", "vocab.py"]
     with tarfile.open(fileobj=io.BytesIO(converge.bundle(ops, rendered))) as tar:
         plan = json.loads(tar.extractfile("plan.json").read())
-    assert plan["ops"] == ops
+    assert [Op.from_dict(d) for d in plan["ops"]] == ops
 
 
 def test_no_change_costs_one_round_trip(tmp_path):
@@ -182,3 +185,46 @@ def test_no_change_costs_one_round_trip(tmp_path):
     result = converge.converge_with(Guest(rec), p)
     assert result.ops == [] and result.round_trips == 1
     assert len(rec.commands) == 1 and rec.puts == [], "already converged: facts only, no commands"
+
+
+# ---------------------------------------------------------------- the vocabulary is enforced
+def _bundle_dir(tmp_path, raw_ops):
+    bdir = tmp_path / "bundle"
+    (bdir / "files/etc").mkdir(parents=True)
+    (bdir / "files/etc/x").write_text("x\n")
+    (bdir / "plan.json").write_text(json.dumps({"ops": raw_ops}))
+    return bdir
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("action", "chmod", "unknown action 'chmod'"),
+    ("validate", "nginx", "unknown validator 'nginx'"),
+    ("reload", "apache2", "unknown reload 'apache2'"),
+])
+def test_agent_refuses_unknown_kinds_and_installs_nothing(tmp_path, field, value, message):
+    good = Op("/etc/x", Action.WRITE, "0644", "root", "root").to_dict()
+    bad = {**good, "path": "/etc/y", field: value}
+    root = tmp_path / "root"
+    report = agent.apply(_bundle_dir(tmp_path, [good, bad]), root=root, reload=False)
+    assert message in report["refused"]["/etc/y"]
+    assert report["installed"] == [] and not (root / "etc/x").exists()
+
+
+def test_unimplemented_reload_is_reported_skipped_not_reloaded(tmp_path):
+    op = Op("/etc/x", Action.WRITE, "0644", "root", "root", reload=vocab.Reload.ENTE_STACK).to_dict()
+    report = agent.apply(_bundle_dir(tmp_path, [op]), root=tmp_path / "root", reload=True)
+    assert report["installed"] == ["write /etc/x"]
+    assert report["reloaded"] == [] and "ente-stack" in report["skipped"]
+
+
+def test_facts_program_runs_standalone_with_its_vocabulary(tmp_path):
+    """What Guest.python ships for facts works in a bare interpreter (no entelab on the path)."""
+    import base64
+    import subprocess
+    import sys
+    (tmp_path / "f").write_text("hello\n")
+    payload = base64.b64encode(json.dumps([{"path": str(tmp_path / "f"), "merge": "whole"}]).encode())
+    res = subprocess.run([sys.executable, "-I", "-c", converge.FACTS_PROGRAM, "facts", payload.decode()],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)[str(tmp_path / "f")]["sha256"] == hashlib.sha256(b"hello\n").hexdigest()

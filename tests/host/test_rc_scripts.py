@@ -26,12 +26,14 @@ from pathlib import Path
 
 import pytest
 
+from entelab import vocab
+
 ROOT = Path(__file__).resolve().parents[2]
 GUEST = ROOT / "provision" / "guest"
 OVERLAY = GUEST / "overlay"
 RC_D = OVERLAY / "etc" / "rc.d"
 RC_FUNCTIONS = OVERLAY / "usr" / "local" / "lib" / "ente-lab" / "rc.functions"
-SERVICES = ["dnsmasq", "saslauthd", "postfix", "pebble", "httpd", "docker"]
+SERVICES = list(vocab.SERVICE_NAMES)
 
 SHELL_FILES = sorted(
     [p for p in RC_D.glob("rc.*")]
@@ -166,7 +168,8 @@ def test_unit_and_setup_agree():
               "containerd.service", "dnsmasq.service"):
         assert u in setup, f"setup.sh does not mask {u}"
     rcm = (RC_D / "rc.M").read_text()
-    assert "dnsmasq saslauthd postfix pebble httpd docker" in rcm
+    assert "/etc/ente-lab/services" in rcm and "dnsmasq saslauthd" not in rcm, \
+        "rc.M reads the one service list; it keeps no copy"
     dhc = (OVERLAY / "etc" / "dhcp" / "dhclient.conf").read_text()
     assert "supersede domain-name-servers 127.0.0.1;" in dhc
 
@@ -182,12 +185,13 @@ def _fake_rc_dir(tmp_path: Path, failing: str = "", disabled: str = "") -> Path:
         p.write_text(f"#!/bin/sh\necho \"{s} $1\" >> {log}\nexit {rcode}\n")
         p.chmod(0o644 if s == disabled else 0o755)
     shutil.copy(RC_D / "rc.M", d / "rc.M")
+    (d / "services").write_text("# from entelab/vocab.py\n" + "\n".join(SERVICES) + "\n")
     return d
 
 
 def test_rc_m_order_and_reverse(tmp_path: Path):
     d = _fake_rc_dir(tmp_path, disabled="docker")
-    env = {**os.environ, "RC_DIR": str(d)}
+    env = {**os.environ, "RC_DIR": str(d), "SERVICES_FILE": str(d / "services")}
     r = subprocess.run([str(d / "rc.M"), "start"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([str(d / "rc.M"), "stop"], env=env, capture_output=True, text=True)
@@ -202,7 +206,7 @@ def test_rc_m_order_and_reverse(tmp_path: Path):
 
 def test_rc_m_failure_does_not_stop_the_rest(tmp_path: Path):
     d = _fake_rc_dir(tmp_path, failing="postfix")
-    env = {**os.environ, "RC_DIR": str(d)}
+    env = {**os.environ, "RC_DIR": str(d), "SERVICES_FILE": str(d / "services")}
     r = subprocess.run([str(d / "rc.M"), "start"], env=env, capture_output=True, text=True)
     assert r.returncode == 0
     assert "postfix" in r.stderr and "FAILED" in r.stderr
@@ -533,3 +537,12 @@ def test_rc_pebble_lifecycle(pubtmp: Path):
 # Docker engine, and the guest is where dockerd runs for the lab. The whole-layer
 # smoke scripts (provision/guest/chroot-smoke.sh, nspawn-boot-smoke.sh) are
 # developer tools; the same checks run against the real VM in tests/vm.
+
+
+def test_rc_m_refuses_to_run_without_its_service_list(tmp_path: Path):
+    d = _fake_rc_dir(tmp_path)
+    env = {**os.environ, "RC_DIR": str(d), "SERVICES_FILE": str(d / "no-such-file")}
+    env.pop("RC_SERVICES", None)
+    r = subprocess.run([str(d / "rc.M"), "start"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "no services listed" in r.stderr
+    assert not (tmp_path / "calls.log").exists(), "nothing was started"
