@@ -395,6 +395,10 @@ def test_rc_postfix_lifecycle(pubtmp: Path):
         r = rc("rc.postfix", "reload", env)
         assert r.returncode == 1 and "postfix check" in r.stderr
         assert assert_running("rc.postfix", env, "postfix") == pid
+        # a main.cf postconf cannot even parse: status still follows the running master
+        (base / "etc" / "main.cf").write_text(good + "this line is not a parameter\n")
+        assert rc("rc.postfix", "status", env).returncode == 0
+        assert assert_running("rc.postfix", env, "postfix") == pid
         (base / "etc" / "main.cf").write_text(good)
         r = rc("rc.postfix", "restart", env)
         assert r.returncode == 0, r.stderr
