@@ -121,7 +121,7 @@ def probe(p: LabPaths, refresh: bool = False) -> str:
     cache = cache_file(p)
     log = p.logs / "accel-probe.log"
     with stage("acceleration probe (one trial boot, at most 60 s)", log=log):
-        from .host import kvm_usable_by_qemu_user
+        from .daemons import kvm_usable_by_qemu_user
 
         if not kvm_device_usable():
             result, why = "qemu", "/dev/kvm cannot be opened"

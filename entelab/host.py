@@ -5,24 +5,20 @@ start daemons (a temporary ``policy-rc.d``), and, where systemd is not PID 1,
 starts ``virtlogd`` and ``libvirtd`` itself with pidfiles in the lab's run dir.
 Everything it started or changed is recorded in ``<run>/host.json`` so that
 ``restore`` stops only those daemons and removes only what libvirt left behind
-because of this run (its firewall chains, ``net.ipv4.ip_forward``).
+because of this run (its firewall chains, ``net.ipv4.ip_forward``). The daemons
+themselves are ``daemons.py``'s, the firewall chains ``firewall.py``'s.
 """
 
 from __future__ import annotations
 
-import grp
 import json
 import os
-import pwd
 import shutil
-import signal
-import time
 from pathlib import Path
 
-from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
-
+from . import daemons, firewall
 from .errors import StageFailed
-from .hostrun import LIBVIRT_URI, run, virsh
+from .hostrun import run
 from .progress import info, stage, warn
 from .state import LabPaths, ensure_dirs
 
@@ -53,17 +49,8 @@ TEST_PACKAGES = [
     "git",   # test_scripts_executable_in_git reads the modes git records
 ]
 
-DAEMONS = ("virtlogd", "libvirtd")
-LIBVIRT_CHAINS = {
-    "filter": ["LIBVIRT_INP", "LIBVIRT_OUT", "LIBVIRT_FWO", "LIBVIRT_FWI", "LIBVIRT_FWX"],
-    "nat": ["LIBVIRT_PRT"],
-    "mangle": ["LIBVIRT_PRT"],
-}
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
-KVM_DEVICE = Path("/dev/kvm")
-QEMU_USER = "libvirt-qemu"
-QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 
 
 # ------------------------------------------------------------------ facts
@@ -106,52 +93,6 @@ def missing_packages(packages=APT_PACKAGES) -> list[str]:
     return [pkg for pkg in packages if pkg not in installed]
 
 
-def _pid_alive(pid: int, name: str) -> bool:
-    try:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return False
-    return comm == name[:15]
-
-
-def _pidfile_pid(pidfile: Path) -> int | None:
-    try:
-        return int(pidfile.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def daemon_running(name: str) -> bool:
-    """Is a process of this name running (anyone's)? Read-only check via pgrep."""
-    return run(["pgrep", "-x", name], check=False).ok
-
-
-def libvirt_ready() -> bool:
-    return virsh("list", "--name", timeout=30).ok
-
-
-def wait_libvirt(timeout: float = 60) -> None:
-    poll = retry(stop=stop_after_delay(timeout), wait=wait_fixed(0.5),
-                 retry=retry_if_result(lambda ok: not ok), retry_error_callback=lambda s: False)
-    if not poll(libvirt_ready)():
-        raise StageFailed(f"libvirt did not answer `virsh -c {LIBVIRT_URI} list` "
-                          f"within {timeout:.0f}s")
-
-
-def _fw_chains() -> dict[str, list[str]]:
-    """libvirt chains present now, per table (empty when iptables is missing)."""
-    found: dict[str, list[str]] = {}
-    if not shutil.which("iptables"):
-        return found
-    for table, chains in LIBVIRT_CHAINS.items():
-        out = run(["iptables", "-w", "-t", table, "-S"], check=False).stdout
-        lines = out.splitlines()
-        present = [c for c in chains if f"-N {c}" in lines]
-        if present:
-            found[table] = present
-    return found
-
-
 # ------------------------------------------------------------------ prepare
 def _apt_install(p: LabPaths, packages: list[str]) -> None:
     log = p.logs / "host-prepare.log"
@@ -169,70 +110,6 @@ def _apt_install(p: LabPaths, packages: list[str]) -> None:
     finally:
         if created_policy:
             POLICY_RC_D.unlink(missing_ok=True)
-
-
-def kvm_usable_by_qemu_user(dev: Path = KVM_DEVICE, user: str = QEMU_USER) -> bool | None:
-    """Can libvirt's QEMU user open /dev/kvm? None when there is no /dev/kvm."""
-    try:
-        st = dev.stat()
-    except OSError:
-        return None
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        return False
-    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
-    if st.st_uid == pw.pw_uid:
-        return st.st_mode & 0o600 == 0o600
-    if st.st_gid in groups:
-        return st.st_mode & 0o060 == 0o060
-    return st.st_mode & 0o006 == 0o006
-
-
-def daemon_command(p: LabPaths, name: str, pidfile: Path) -> list[str]:
-    """How to start a daemon. libvirtd gets /dev/kvm masked when its QEMU user cannot
-    use it anyway: libvirt would otherwise see "KVM usable" disagree with its cached
-    QEMU capabilities and re-probe QEMU on every API call (~8-17 s each here, about
-    two minutes per `vagrant up`). The mask lives only in libvirtd's own mount
-    namespace, together with a copy of qemu.conf that adds `namespaces = []` (libvirt
-    cannot move a masked /dev/kvm into a per-domain /dev); the host's /dev/kvm and
-    /etc/libvirt/qemu.conf are not touched."""
-    exe = shutil.which(name) or f"/usr/sbin/{name}"
-    cmd = [exe, "-d", "-p", str(pidfile)]
-    if name != "libvirtd" or kvm_usable_by_qemu_user() is not False or not shutil.which("unshare") \
-            or not QEMU_CONF.exists():
-        return cmd
-    mask = p.run / "kvm-masked"
-    mask.touch()
-    mask.chmod(0)
-    conf = p.run / "qemu.conf"
-    conf.write_text(QEMU_CONF.read_text() + "\n# ente-lab: /dev/kvm is masked for libvirtd\n"
-                    "namespaces = []\n")
-    conf.chmod(0o600)
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            'mount --bind "$1" /dev/kvm && mount --bind "$2" "$3" && shift 3 && exec "$@"',
-            "sh", str(mask), str(conf), str(QEMU_CONF), *cmd]
-
-
-def _start_daemon(p: LabPaths, name: str) -> int:
-    pidfile = p.run / f"{name}.pid"
-    old = _pidfile_pid(pidfile)
-    if old is not None and not _pid_alive(old, name):
-        pidfile.unlink(missing_ok=True)          # stale pidfile from an earlier run
-    exe = shutil.which(name) or f"/usr/sbin/{name}"
-    log = p.logs / "host-prepare.log"
-    cmd = daemon_command(p, name, pidfile)
-    if cmd[0] == "unshare":
-        info(f"  {name}: /dev/kvm masked in its mount namespace (its QEMU user cannot use it)")
-    run(cmd, log=log)
-
-    poll = retry(stop=stop_after_delay(20), wait=wait_fixed(0.2),
-                 retry=retry_if_result(lambda pid: pid is None), retry_error_callback=lambda s: None)
-    pid = poll(lambda: (lambda x: x if x and _pid_alive(x, name) else None)(_pidfile_pid(pidfile)))()
-    if pid is None:
-        raise StageFailed(f"{name} did not start (no live pid in {pidfile}); "
-                          f"try `{exe} -v` in a shell to see why")
-    return pid
 
 
 def prepare(paths: LabPaths, dry_run: bool = False) -> None:
@@ -258,20 +135,20 @@ def prepare(paths: LabPaths, dry_run: bool = False) -> None:
     with stage("libvirt daemons", log=paths.logs / "host-prepare.log",
                hint="see the log; `virsh -c qemu:///system version` must answer"):
         if systemd_is_init():
-            if not libvirt_ready():
+            if not daemons.libvirt_ready():
                 if dry_run:
                     info("  would run: systemctl start libvirtd")
                     return
                 run(["systemctl", "start", "libvirtd"], log=paths.logs / "host-prepare.log")
-            wait_libvirt()
+            daemons.wait_libvirt()
             return
         started = list(rec.get("started", []))
-        for name in DAEMONS:
-            own = _pidfile_pid(paths.run / f"{name}.pid")
-            if name in started and own and _pid_alive(own, name):
+        for name in daemons.DAEMONS:
+            own = daemons.pidfile_pid(paths.run / f"{name}.pid")
+            if name in started and own and daemons.pid_alive(own, name):
                 info(f"  {name}: running (started by this lab, pid {own})")
                 continue
-            if daemon_running(name):
+            if daemons.daemon_running(name):
                 info(f"  {name}: already running, not this lab's (left alone)")
                 started = [s for s in started if s != name]
                 continue
@@ -281,15 +158,15 @@ def prepare(paths: LabPaths, dry_run: bool = False) -> None:
             if not started and "ip_forward" not in rec:
                 # host state before libvirt first came up in this lab's care
                 rec["ip_forward"] = IP_FORWARD.read_text().strip() if IP_FORWARD.exists() else None
-                rec["fw_before"] = _fw_chains()
-            pid = _start_daemon(paths, name)
+                rec["fw_before"] = firewall.chains()
+            pid = daemons.start(paths, name)
             started.append(name)
             info(f"  {name}: started (pid {pid})")
         if dry_run:
             return
-        rec["started"] = sorted(set(started), key=DAEMONS.index)
+        rec["started"] = sorted(set(started), key=daemons.DAEMONS.index)
         _save_record(paths, rec)
-        wait_libvirt()
+        daemons.wait_libvirt()
 
 
 def install_test_tools(paths: LabPaths) -> None:
@@ -310,47 +187,6 @@ def install_test_tools(paths: LabPaths) -> None:
 
 
 # ------------------------------------------------------------------ restore
-def _stop_pid(pid: int, name: str, timeout: float = 20) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid, name):
-        time.sleep(0.2)
-    if _pid_alive(pid, name):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _foreign_running_domains(lab_id: str) -> list[str]:
-    out = virsh("list", "--name", timeout=30)
-    return [d for d in out.stdout.split() if d and not d.startswith(lab_id + "_")]
-
-
-def _remove_fw_chains(before: dict[str, list[str]]) -> list[str]:
-    """Delete libvirt chains that were not there before this run, with the jumps to them."""
-    removed = []
-    for table, chains in _fw_chains().items():
-        ours = [c for c in chains if c not in before.get(table, [])]
-        if not ours:
-            continue
-        rules = run(["iptables", "-w", "-t", table, "-S"], check=False).stdout.splitlines()
-        for rule in rules:
-            parts = rule.split()
-            if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1] in ours \
-                    and parts[1] not in ours:
-                run(["iptables", "-w", "-t", table, "-D", *parts[1:]], check=False)
-        for chain in ours:
-            run(["iptables", "-w", "-t", table, "-F", chain], check=False)
-        for chain in ours:
-            if run(["iptables", "-w", "-t", table, "-X", chain], check=False).ok:
-                removed.append(f"{table}/{chain}")
-            else:
-                warn(f"firewall chain {table}/{chain} could not be removed "
-                     f"(see `iptables -t {table} -S {chain}`)")
-    return removed
-
-
 def restore(paths: LabPaths) -> None:
     rec = _load_record(paths)
     started = rec.get("started", [])
@@ -359,21 +195,21 @@ def restore(paths: LabPaths) -> None:
             info("  nothing to undo: this lab started no daemons")
             record_file(paths).unlink(missing_ok=True)
             return
-        if "libvirtd" in started and libvirt_ready():
-            foreign = _foreign_running_domains(paths.lab_id)
+        if "libvirtd" in started and daemons.libvirt_ready():
+            foreign = daemons.foreign_running_domains(paths.lab_id)
             if foreign:
                 warn(f"libvirtd left running: it also runs {', '.join(foreign)} (not this lab's)")
                 return
         for name in reversed(started):
             pidfile = paths.run / f"{name}.pid"
-            pid = _pidfile_pid(pidfile)
-            if pid and _pid_alive(pid, name):
-                _stop_pid(pid, name)
+            pid = daemons.pidfile_pid(pidfile)
+            if pid and daemons.pid_alive(pid, name):
+                daemons.stop(pid, name)
                 info(f"  {name}: stopped (pid {pid})")
             pidfile.unlink(missing_ok=True)
         # libvirtd leaves dnsmasq for its networks behind only if they were active;
         # vagrant destroy removes the lab network. Now undo libvirt's host changes.
-        removed = _remove_fw_chains(rec.get("fw_before", {}))
+        removed = firewall.remove_new_chains(rec.get("fw_before", {}))
         if removed:
             info(f"  removed firewall chains: {', '.join(removed)}")
         before = rec.get("ip_forward")

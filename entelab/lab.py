@@ -9,7 +9,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from . import accel, certs, converge, host, verify, vm
+from . import accel, certs, converge, health, host, vm
 from . import box as boxmod
 from . import secrets as secrets_mod
 from .errors import LabError
@@ -40,10 +40,10 @@ def up(paths: LabPaths, settings: Settings) -> None:
     vm.up(paths)
     with stage("boot: wait for rc.M (rc-slackware.service) to finish starting services"):
         g = guest(paths)
-        verify.wait_boot(g)
+        health.wait_boot(g)
     converge.converge(g, paths)
     certs.issue(g, paths)
-    verify.smoke(g, settings)
+    health.smoke(g, settings)
 
 
 def status(paths: LabPaths) -> None:
@@ -65,7 +65,7 @@ def _guest_status(paths: LabPaths, table: Table) -> None:
     """Each service's state (from its rc.d script) and the last converge."""
     try:
         g = guest(paths)
-        for name, st in verify.services(g).items():
+        for name, st in health.services(g).items():
             table.add_row(f"rc.{name}", st if st == "stopped" else f"[green]{st}[/]")
         last = converge.last_converge(g)
     except LabError as exc:     # status must still print what it has

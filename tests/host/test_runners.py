@@ -9,7 +9,7 @@ import sys
 import pytest
 from recording import RecordingConnection
 
-from entelab import certs, cli, errors, hostrun, lab, state, verify
+from entelab import certs, cli, errors, health, hostrun, lab, state
 from entelab.guest import Guest
 
 PROBE_ANSWER = json.dumps({"status": 200, "serial": "0A", "san": [], "headers": [], "body": "",
@@ -192,5 +192,5 @@ def test_smoke_takes_its_names_from_the_settings_it_is_given():
     s = load_settings(state.ROOT, ["domain=elsewhere.lan"],
                       local_file=state.ROOT / "tests" / "no-such-settings.yaml")[0]
     rec = RecordingConnection(guest_answer)
-    verify.smoke(Guest(rec), s)
+    health.smoke(Guest(rec), s)
     assert any("ente.elsewhere.lan" in c for c in rec.decoded())

@@ -6,7 +6,7 @@ import re
 import stat
 from pathlib import Path
 
-from entelab import accel, host, state, vm
+from entelab import accel, daemons, host, state, vm
 
 
 def test_lab_id_is_stable_per_checkout_and_differs_between_checkouts(tmp_path):
@@ -77,7 +77,7 @@ def test_restore_without_record_touches_nothing(tmp_path, monkeypatch):
     p = state.paths(tmp_path)
     state.ensure_dirs(p)
     stopped = []
-    monkeypatch.setattr(host, "_stop_pid", lambda pid, name, timeout=20: stopped.append(pid))
+    monkeypatch.setattr(daemons, "stop", lambda pid, name, timeout=20: stopped.append(pid))
     host.restore(p)
     assert stopped == []
 
@@ -105,7 +105,7 @@ def test_accel_probe_result_is_cached(tmp_path, monkeypatch):
     (tmp_path / "vmlinuz").write_text("k")
     (tmp_path / "initrd.img").write_text("i")
     monkeypatch.setattr(accel, "kvm_device_usable", lambda: True)
-    monkeypatch.setattr(host, "kvm_usable_by_qemu_user", lambda: True)
+    monkeypatch.setattr(daemons, "kvm_usable_by_qemu_user", lambda: True)
     monkeypatch.setattr(accel, "_kernel_and_initrd",
                         lambda _p: (tmp_path / "vmlinuz", tmp_path / "initrd.img"))
     calls = []
@@ -137,18 +137,18 @@ def test_kvm_access_for_qemu_user(tmp_path):
     import os
     import pwd
     dev = tmp_path / "kvm"
-    assert host.kvm_usable_by_qemu_user(dev, "root") is None, "no device: no answer"
+    assert daemons.kvm_usable_by_qemu_user(dev, "root") is None, "no device: no answer"
     dev.write_text("")
     me = pwd.getpwuid(os.getuid()).pw_name
     dev.chmod(0o600)
-    assert host.kvm_usable_by_qemu_user(dev, me) is True
-    assert host.kvm_usable_by_qemu_user(dev, "ente-lab-no-such-user") is False
+    assert daemons.kvm_usable_by_qemu_user(dev, me) is True
+    assert daemons.kvm_usable_by_qemu_user(dev, "ente-lab-no-such-user") is False
     nobody = "nobody"
     dev.chmod(0o660)
     in_group = nobody in grp.getgrgid(dev.stat().st_gid).gr_mem
-    assert host.kvm_usable_by_qemu_user(dev, nobody) is in_group
+    assert daemons.kvm_usable_by_qemu_user(dev, nobody) is in_group
     dev.chmod(0o666)
-    assert host.kvm_usable_by_qemu_user(dev, nobody) is True
+    assert daemons.kvm_usable_by_qemu_user(dev, nobody) is True
 
 
 def test_libvirtd_masks_kvm_only_when_qemu_user_cannot_use_it(tmp_path, monkeypatch):
@@ -156,19 +156,19 @@ def test_libvirtd_masks_kvm_only_when_qemu_user_cannot_use_it(tmp_path, monkeypa
     p = state.paths(tmp_path)
     state.ensure_dirs(p)
     pid = p.run / "libvirtd.pid"
-    monkeypatch.setattr(host, "kvm_usable_by_qemu_user", lambda: False)
+    monkeypatch.setattr(daemons, "kvm_usable_by_qemu_user", lambda: False)
     conf = tmp_path / "qemu.conf"
     conf.write_text("# stock\n")
-    monkeypatch.setattr(host, "QEMU_CONF", conf)
-    cmd = host.daemon_command(p, "libvirtd", pid)
+    monkeypatch.setattr(daemons, "QEMU_CONF", conf)
+    cmd = daemons.daemon_command(p, "libvirtd", pid)
     assert cmd[0] == "unshare" and "/dev/kvm" in cmd[6] and cmd[-2:] == ["-p", str(pid)]
     assert (p.run / "kvm-masked").stat().st_mode & 0o777 == 0
     assert (p.run / "qemu.conf").read_text().rstrip().endswith("namespaces = []")
-    assert str(host.QEMU_CONF) in cmd
-    assert host.daemon_command(p, "virtlogd", pid)[1:] == ["-d", "-p", str(pid)]
+    assert str(daemons.QEMU_CONF) in cmd
+    assert daemons.daemon_command(p, "virtlogd", pid)[1:] == ["-d", "-p", str(pid)]
     for usable in (True, None):
-        monkeypatch.setattr(host, "kvm_usable_by_qemu_user", lambda u=usable: u)
-        assert host.daemon_command(p, "libvirtd", pid)[0].endswith("libvirtd")
+        monkeypatch.setattr(daemons, "kvm_usable_by_qemu_user", lambda u=usable: u)
+        assert daemons.daemon_command(p, "libvirtd", pid)[0].endswith("libvirtd")
 
 
 def test_apt_install_blocks_daemon_starts_and_cleans_up(tmp_path, monkeypatch):
@@ -200,7 +200,7 @@ def test_prepare_dry_run_changes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(host, "missing_packages", lambda *a: ["vagrant", "mmdebstrap"])
     monkeypatch.setattr(host, "is_debian_like", lambda *a: True)
     monkeypatch.setattr(host, "systemd_is_init", lambda: False)
-    monkeypatch.setattr(host, "daemon_running", lambda name: False)
+    monkeypatch.setattr(daemons, "daemon_running", lambda name: False)
     monkeypatch.setattr(host, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError(a)))
     host.prepare(p, dry_run=True)
     out = capsys.readouterr().out

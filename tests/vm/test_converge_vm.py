@@ -3,7 +3,7 @@
 import pytest
 from labfix import variant_build  # noqa: F401
 
-from entelab import converge, verify
+from entelab import converge, probes
 from entelab.render import load_manifest
 
 pytestmark = pytest.mark.vm
@@ -56,7 +56,7 @@ def test_broken_file_refused_live_kept_service_answers(guest, paths, settings, t
     if kind == "apache":
         assert _apache_answers(guest)
     else:
-        assert "STARTTLS" in verify.smtp_session(guest, settings.mail_host, starttls=False)["ehlo_plain"]
+        assert "STARTTLS" in probes.smtp_session(guest, settings.mail_host, starttls=False)["ehlo_plain"]
     # a fixed file (a harmless comment added) goes in, and reloads its service
     fixed = variant_build(paths, tmp_path / "fixed", target.path, lambda t: t + "\n# rehearsal comment\n")
     result = converge.converge_with(guest, fixed)

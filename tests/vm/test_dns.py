@@ -2,18 +2,18 @@
 
 import pytest
 
-from entelab import verify
+from entelab import probes
 
 pytestmark = pytest.mark.vm
 
 
 def test_museum_name_resolves_to_its_fixed_address(guest, settings):
-    assert verify.resolve(guest, f"ente-museum.{settings.docker.network}") == [settings.docker.museum_ip]
+    assert probes.resolve(guest, f"ente-museum.{settings.docker.network}") == [settings.docker.museum_ip]
 
 
 @pytest.mark.parametrize("attr", ["api_host", "web_host", "mail_host", "domain"])
 def test_lab_names_resolve_through_dnsmasq(guest, settings, attr):
-    assert verify.resolve(guest, getattr(settings, attr)), f"{attr} did not resolve"
+    assert probes.resolve(guest, getattr(settings, attr)), f"{attr} did not resolve"
 
 
 def test_unknown_names_are_not_forwarded(guest, settings):

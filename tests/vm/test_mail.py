@@ -12,7 +12,7 @@ import uuid
 import pytest
 from labfix import variant_build  # noqa: F401
 
-from entelab import verify
+from entelab import probes
 
 pytestmark = pytest.mark.vm
 
@@ -30,7 +30,7 @@ def test_testsaslauthd_accepts_the_verification_user(guest, settings, lab_secret
 
 
 def test_submission_requires_starttls_before_auth(guest, settings):
-    r = verify.smtp_session(guest, settings.mail_host, starttls=True)
+    r = probes.smtp_session(guest, settings.mail_host, starttls=True)
     assert "STARTTLS" in r["ehlo_plain"]
     assert "AUTH" not in r["ehlo_plain"]
     assert r["auth_before_tls"][0] == 530 and "STARTTLS" in r["auth_before_tls"][1]
@@ -38,7 +38,7 @@ def test_submission_requires_starttls_before_auth(guest, settings):
 
 
 def test_wrong_password_is_refused(guest, settings):
-    r = verify.smtp_session(guest, settings.mail_host, user=settings.smtp.username, password="not-it")
+    r = probes.smtp_session(guest, settings.mail_host, user=settings.smtp.username, password="not-it")
     assert r["login"][0] == 535
 
 
@@ -66,13 +66,13 @@ def test_relay_from_outside_mynetworks_is_refused(guest, settings, outside):
     mynetworks = guest.run("postconf -h mynetworks").stdout
     assert "203.0.113" not in mynetworks
     # from the outside address, no AUTH: relaying to another domain is refused ...
-    r = verify.probe(guest, verify.SMTP_SESSION, {
+    r = probes.probe(guest, probes.SMTP_SESSION, {
         "host": outside, "port": 587, "no_verify": True,
         "rcpt": {"from": "someone@example.org", "to": "victim@example.net"}}, "relay probe",
         netns=OUTSIDE_NS)
     assert r["rcpt"][0] in (454, 554) and "Relay access denied" in r["rcpt"][1]
     # ... while the same session to a lab mailbox is accepted (the refusal is about relaying)
-    r = verify.probe(guest, verify.SMTP_SESSION, {
+    r = probes.probe(guest, probes.SMTP_SESSION, {
         "host": outside, "port": 587, "no_verify": True,
         "rcpt": {"from": "someone@example.org", "to": f"{settings.smtp.username}@{settings.domain}"}},
         "relay probe", netns=OUTSIDE_NS)
@@ -82,7 +82,7 @@ def test_relay_from_outside_mynetworks_is_refused(guest, settings, outside):
 def test_authenticated_mail_is_delivered_to_the_lab_mailbox(guest, settings, lab_secrets):
     message_id = f"<{uuid.uuid4().hex}@lab-test.{settings.domain}>"
     rcpt = f"{settings.smtp.username}@{settings.domain}"
-    r = verify.smtp_session(guest, settings.mail_host, user=settings.smtp.username,
+    r = probes.smtp_session(guest, settings.mail_host, user=settings.smtp.username,
                             password=lab_secrets.sasl_password,
                             send={"from": settings.smtp.email, "to": rcpt, "subject": "Verification code: 123456",
                                   "message_id": message_id, "body": "rehearsal"})
@@ -95,7 +95,7 @@ def test_authenticated_mail_is_delivered_to_the_lab_mailbox(guest, settings, lab
 
 def test_outside_domains_never_leave_the_lab(guest, settings, lab_secrets):
     """Even an authenticated client cannot send outside: the lab refuses other domains."""
-    r = verify.smtp_session(guest, settings.mail_host, user=settings.smtp.username,
+    r = probes.smtp_session(guest, settings.mail_host, user=settings.smtp.username,
                             password=lab_secrets.sasl_password,
                             rcpt={"from": settings.smtp.email, "to": "someone@example.com"})
     assert r["login"][0] == 235

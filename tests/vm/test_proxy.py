@@ -11,7 +11,7 @@ import uuid
 import pytest
 from labfix import variant_build  # noqa: F401
 
-from entelab import verify
+from entelab import probes
 
 pytestmark = pytest.mark.vm
 
@@ -46,7 +46,7 @@ def backends(guest, settings):
 
 
 def test_api_host_proxies_to_museum_port_with_verified_tls(guest, settings, backends):
-    r = verify.https_get(guest, settings.api_host, "/ping")
+    r = probes.https_get(guest, settings.api_host, "/ping")
     assert r["status"] == 200
     seen = json.loads(r["body"])
     assert seen["backend"] == "api" and seen["path"] == "/ping"
@@ -58,7 +58,7 @@ def test_api_host_proxies_to_museum_port_with_verified_tls(guest, settings, back
 
 
 def test_web_host_proxies_to_web_port(guest, settings, backends):
-    r = verify.https_get(guest, settings.web_host, "/")
+    r = probes.https_get(guest, settings.web_host, "/")
     assert json.loads(r["body"])["backend"] == "web"
     assert settings.web_host in r["san"]
 
@@ -78,18 +78,18 @@ def test_challenge_path_is_served_locally_not_proxied(guest, paths, settings, ba
     guest.run(f"echo {token} > {wellknown}/{token} && chmod 644 {wellknown}/{token}")
     try:
         for host in (settings.api_host, settings.web_host):
-            r = verify.https_get(guest, host, f"/.well-known/acme-challenge/{token}", scheme="http", port=80)
+            r = probes.https_get(guest, host, f"/.well-known/acme-challenge/{token}", scheme="http", port=80)
             assert r["status"] == 200 and r["body"].strip() == token
-            r = verify.https_get(guest, host, f"/.well-known/acme-challenge/{token}")
+            r = probes.https_get(guest, host, f"/.well-known/acme-challenge/{token}")
             assert r["body"].strip() == token, "https challenge path must not reach the backend"
     finally:
         guest.run(f"rm -f {wellknown}/{token}")
 
 
 def test_apache_adds_no_cors_headers(guest, settings, backends):
-    r = verify.https_get(guest, settings.api_host, "/users/ott",
+    r = probes.https_get(guest, settings.api_host, "/users/ott",
                          headers={"Origin": f"https://{settings.web_host}"})
     acao = [v for k, v in r["headers"] if k.lower().startswith("access-control-")]
     assert acao == [f"https://{settings.web_host}"], "only the backend's own CORS header, once"
-    r = verify.https_get(guest, settings.api_host, "/ping")
+    r = probes.https_get(guest, settings.api_host, "/ping")
     assert not [k for k, _ in r["headers"] if k.lower().startswith("access-control-")]

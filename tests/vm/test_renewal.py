@@ -3,7 +3,7 @@
 import pytest
 from labfix import variant_build  # noqa: F401
 
-from entelab import certs, verify
+from entelab import certs, probes
 
 pytestmark = pytest.mark.vm
 
@@ -70,7 +70,7 @@ def test_broken_postfix_config_fails_the_hook_postfix_keeps_answering(guest, pat
         assert res.exited != 0
         assert "postfix check" in res.stdout
         assert counts(guest)[1] == before[1], "postfix must not be reloaded"
-        assert "STARTTLS" in verify.smtp_session(guest, settings.mail_host, starttls=False)["ehlo_plain"]
+        assert "STARTTLS" in probes.smtp_session(guest, settings.mail_host, starttls=False)["ehlo_plain"]
     finally:
         guest.run("cp -p /root/master.cf.entelab-test /etc/postfix/master.cf && rm -f /root/master.cf.entelab-test")
     r = certs.renew_with(guest, paths, settings)

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from entelab import certs, lab, verify, vm
+from entelab import certs, health, lab, vm
 
 pytestmark = pytest.mark.vm
 
@@ -40,7 +40,7 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
     with lab.guest(paths) as g2:
         assert g2.run("cat ~/persist-check", sudo=False).stdout.strip() == token
         # every service came back through rc-slackware.service at boot
-        assert set(verify.services(g2).values()) == {"running"}, verify.services(g2)
+        assert set(health.services(g2).values()) == {"running"}, health.services(g2)
         assert g2.run("systemctl is-active rc-slackware.service", sudo=False).stdout.strip() == "active"
         # pebble restarted: new marker, new root, republished to the host
         assert g2.run(f"cat {certs.PEBBLE_MARKER}").stdout != old_marker
