@@ -57,6 +57,8 @@ def checkout(tmp_path: Path) -> Path:
     root = tmp_path / "checkout"
     root.mkdir()
     shutil.copy(ROOT / "Vagrantfile", root / "Vagrantfile")
+    (root / "entelab").mkdir()
+    shutil.copy(ROOT / "entelab" / "settings.defaults.yaml", root / "entelab" / "settings.defaults.yaml")
     return root
 
 
@@ -178,3 +180,18 @@ def test_acceleration_choice(checkout, tmp_path):
     assert _effective(checkout, tmp_path, ENTE_LAB_ACCEL="kvm")["provider:libvirt"]["driver"] == "kvm"
     _write_json(checkout, {**LAB, "state_dir": str(state_dir), "accel": "kvm"})
     assert _effective(checkout, tmp_path)["provider:libvirt"]["driver"] == "kvm"
+
+
+def test_defaults_come_from_the_python_defaults_file(checkout, tmp_path):
+    """One copy of the VM defaults: change it and a plain Vagrantfile load follows."""
+    defaults = checkout / "entelab" / "settings.defaults.yaml"
+    defaults.write_text(defaults.read_text().replace("memory: 4096", "memory: 5120")
+                        .replace("hostname: darkstar", "hostname: vega"))
+    cfg = _effective(checkout, tmp_path)
+    assert cfg["hostname"] == "vega" and cfg["provider:libvirt"]["memory"] == 5120
+
+
+def test_missing_defaults_file_is_a_clear_error(checkout, tmp_path):
+    (checkout / "entelab" / "settings.defaults.yaml").unlink()
+    with pytest.raises(AssertionError, match="cannot read the VM defaults"):
+        _effective(checkout, tmp_path)
