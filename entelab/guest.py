@@ -17,33 +17,17 @@ import base64
 import json
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
 from paramiko.ssh_exception import SSHException
 
 from .errors import GuestCommandError
+from .hostrun import Result
 from .state import LabPaths
 
 # exec a base64-encoded program given as argv[1]; the rest of argv is its own
 _PY_EXEC = "python3 -c 'import base64,sys; exec(base64.b64decode(sys.argv.pop(1)))'"
-
-
-@dataclass
-class Result:
-    cmd: str
-    exited: int
-    stdout: str = ""
-    stderr: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.exited == 0
-
-    @property
-    def output(self) -> str:
-        return (self.stdout + self.stderr).strip()
 
 
 class Guest:

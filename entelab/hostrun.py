@@ -28,7 +28,9 @@ LIBVIRT_URI = "qemu:///system"
 
 @dataclass
 class Result:
-    cmd: list[str]
+    """What a command did, on the host (argv) or in the VM (a shell command line)."""
+
+    cmd: list[str] | str
     exited: int
     stdout: str = ""
     stderr: str = ""

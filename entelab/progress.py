@@ -20,9 +20,6 @@ from .errors import LabError, StageFailed
 
 console = Console(highlight=False, stderr=False)
 
-__all__ = ["StageFailed", "console", "info", "report", "stage", "warn"]
-
-
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         with path.open(errors="replace") as fh:

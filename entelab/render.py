@@ -22,7 +22,7 @@ from rich.table import Table
 from . import secrets as secrets_mod
 from . import vocab
 from .errors import TemplateError
-from .progress import console, info
+from .progress import info
 from .settings import Settings
 from .state import ROOT, LabPaths, default_box_name
 
@@ -271,4 +271,3 @@ def settings_table(settings: Settings) -> Table:
     return table
 
 
-__all__ = ["Entry", "RenderResult", "render_lab", "render_tree", "load_manifest", "console"]
