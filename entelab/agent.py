@@ -6,9 +6,11 @@ Two verbs, one SSH round trip each:
   apply  <bundle-dir>             -> stage, validate, install, reload; JSON report
 
 ``apply`` validates every changed file on a *staged copy* of its service's
-configuration (apachectl configtest, postfix check, visudo -c, dnsmasq --test,
-sh -n, docker-compose config). A group that fails validation is not installed:
-the live files stay as they were and its service is not reloaded.
+configuration (agent_validate.py: apachectl configtest, postfix check, visudo -c,
+dnsmasq --test, sh -n, docker-compose config). A group that fails validation is
+not installed: the live files stay as they were and its service is not reloaded.
+Accounts (the ``users`` reload) are agent_users.py's; every kind, validator and
+reload name is vocab.py's.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import json
 import os
 import pwd
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 try:                        # on the host (tests, converge's planner) ...
@@ -31,16 +33,20 @@ except ImportError:         # ... and in the guest, where vocab.py is shipped be
     import vocab  # type: ignore[no-redef]
 
 Action, Validator, Reload, Op = vocab.Action, vocab.Validator, vocab.Reload, vocab.Op
+
+
+def _sibling(name: str) -> types.ModuleType:
+    """agent_validate / agent_users: imported only by ``apply`` (the facts program,
+    run inline, ships the vocabulary alone)."""
+    import importlib
+    try:
+        return importlib.import_module(f"{__package__}.{name}") if __package__ else importlib.import_module(name)
+    except ImportError:
+        return importlib.import_module(name)
+
 BEGIN = vocab.BLOCK_BEGIN_PREFIX
 END = vocab.BLOCK_END
 STATE_FILE = vocab.STATE_FILE
-
-# Validators that check a staged copy of a whole configuration directory.
-VALIDATE_DIRS = {Validator.APACHE: "/etc/apache2", Validator.POSTFIX: "/etc/postfix"}
-# Validators that check one staged file: the command, {src} the staged file.
-VALIDATE_FILE = {Validator.SUDOERS: "visudo -cf {src}", Validator.DNSMASQ: "dnsmasq --test -C {src}",
-                 Validator.SHELL: "sh -n {src}"}
-
 
 def extract_block(text: str) -> str | None:
     start = text.find(BEGIN)
@@ -100,64 +106,6 @@ def facts(entries: list[dict], root: str = "/") -> dict:
 
 
 # ----------------------------------------------------------------- apply
-def _run(cmd: str, env: dict | None = None) -> tuple[int, str]:
-    proc = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
-    return proc.returncode, (proc.stdout + proc.stderr).strip()
-
-
-def _validate(kind: vocab.Validator, ops: list[vocab.Op], bundle: Path, root: Path,
-              stage: Path) -> tuple[bool, str]:
-    """Check the staged copies of one validation kind. Returns (ok, output)."""
-    staged = {op.path: bundle / "files" / op.path.lstrip("/") for op in ops
-              if op.action in (Action.WRITE, Action.MERGE_BLOCK)}
-    if not staged or kind is Validator.NONE:
-        return True, ""
-    if kind in VALIDATE_DIRS:
-        live = root / VALIDATE_DIRS[kind].lstrip("/")
-        copy = stage / kind.value
-        shutil.copytree(live, copy, symlinks=True)
-        for path, src in staged.items():
-            rel = Path(path).relative_to(VALIDATE_DIRS[kind])
-            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
-            if (copy / rel).is_symlink():
-                (copy / rel).unlink()
-            shutil.copyfile(src, copy / rel)
-        if kind is Validator.APACHE:
-            return _flip(_run(f". {live}/envvars && mkdir -p \"$APACHE_RUN_DIR\" \"$APACHE_LOCK_DIR\" "
-                              f"\"$APACHE_LOG_DIR\" && apache2 -t -d {copy} -f {copy}/apache2.conf"))
-        return _flip(_run(f"postfix -c {copy} check && postconf -c {copy} -n >/dev/null"))
-    outputs = []
-    ok = True
-    for path, src in staged.items():
-        if kind in VALIDATE_FILE:
-            rc, out = _run(VALIDATE_FILE[kind].format(src=src))
-        elif kind is Validator.COMPOSE:
-            proj = stage / "compose"
-            live = (root / path.lstrip("/")).parent
-            if live.is_dir():
-                shutil.copytree(live, proj, symlinks=True, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("ente-git"))
-            proj.mkdir(exist_ok=True)
-            for other, osrc in staged.items():
-                if Path(other).parent == Path(path).parent:
-                    shutil.copyfile(osrc, proj / Path(other).name)
-            shutil.copyfile(src, proj / Path(path).name)
-            for ctx in ("ente-git/web", "ente-git/cli"):   # build contexts: checked by the stack
-                (proj / ctx).mkdir(parents=True, exist_ok=True)
-            rc, out = _run(f"cd {proj} && docker-compose -f {Path(path).name} config -q")
-        else:   # every Validator is handled above; a new one must be added here
-            rc, out = 1, f"validator {kind.value!r} has no implementation in the agent"
-        ok = ok and rc == 0
-        if rc:
-            outputs.append(f"{path}: {out}")
-    return ok, "\n".join(outputs)
-
-
-def _flip(result: tuple[int, str]) -> tuple[bool, str]:
-    return result[0] == 0, result[1]
-
-
 def _install(op: vocab.Op, bundle: Path, root: Path) -> None:
     dest = root / op.path.lstrip("/")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -207,67 +155,17 @@ def _reload(service: vocab.Reload, root: Path) -> tuple[bool, str]:
         script = root / "etc/rc.d" / vocab.RC_SCRIPT[service]
         if not script.exists():
             return False, f"{script} missing"
-        running = _run(f"{script} status")[0] == 0
-        rc, out = _run(f"{script} {'reload' if running else 'start'}")
-        if rc == 0 and _run(f"{script} status")[0] != 0:
+        run = _sibling("agent_validate").run
+        running = run(f"{script} status")[0] == 0
+        rc, out = run(f"{script} {'reload' if running else 'start'}")
+        if rc == 0 and run(f"{script} status")[0] != 0:
             # e.g. a Postfix setting that needs a full restart: the daemon died on reload
-            rc2, out2 = _run(f"{script} start")
+            rc2, out2 = run(f"{script} start")
             return False, f"{out}\n{service} was not running after the reload; start: {out2}"
         return rc == 0, out
     if service is Reload.USERS:
-        return _apply_users(root)
+        return _sibling("agent_users").apply_users(root)
     return False, f"no reload implemented for {service.value!r}"
-
-
-def _apply_users(root: Path) -> tuple[bool, str]:
-    """Apply /etc/ente-lab/users.conf (format: templates/users/NOTES.md). Idempotent.
-
-    user:NAME:COMMENT:PRIMARY_GROUP:HOME:SHELL:CREATE_HOME:SYSTEM:PASSWORD_HASH
-    member:USER:GROUP
-    """
-    conf = root / "etc/ente-lab/users.conf"
-    if not conf.exists():
-        return True, "no users.conf"
-    out = []
-
-    def run(argv: list[str], stdin: str | None = None) -> int:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True)
-        if proc.returncode:
-            out.append(f"{' '.join(argv[:2])}...: {proc.stderr.strip()}")
-        return proc.returncode
-
-    ok = True
-    for line in conf.read_text().splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = line.split(":")
-        if fields[0] == "user" and len(fields) >= 9:
-            _, name, comment, group, home, shell, create_home, system = fields[:8]
-            pwhash = ":".join(fields[8:])
-            if group == name and subprocess.run(["getent", "group", group], capture_output=True).returncode:
-                ok &= run(["groupadd", "--system", group]) == 0
-            exists = subprocess.run(["id", "-u", name], capture_output=True).returncode == 0
-            if not exists:
-                argv = ["useradd", "-c", comment, "-g", group, "-d", home, "-s", shell]
-                argv += ["-m"] if create_home == "yes" else ["-M"]
-                argv += ["--system"] if system == "yes" else []
-                ok &= run(argv + [name]) == 0
-                out.append(f"created user {name}")
-            else:
-                ok &= run(["usermod", "-c", comment, "-g", group, "-d", home, "-s", shell, name]) == 0
-            if pwhash and pwhash != "!":
-                ok &= run(["chpasswd", "-e"], stdin=f"{name}:{pwhash}\n") == 0
-            elif pwhash == "!":
-                run(["usermod", "-L", name])
-        elif fields[0] == "member" and len(fields) == 3:
-            _, user, group = fields
-            groups = subprocess.run(["id", "-nG", user], capture_output=True, text=True).stdout.split()
-            if group not in groups:
-                ok &= run(["usermod", "-aG", group, user]) == 0
-                out.append(f"added {user} to {group}")
-        else:
-            out.append(f"users.conf: ignored malformed line {line[:40]!r}")
-    return bool(ok), "\n".join(out) or "users up to date"
 
 
 def apply(bundle: Path, root: Path = Path("/"), reload: bool = True) -> dict:
@@ -290,7 +188,7 @@ def apply(bundle: Path, root: Path = Path("/"), reload: bool = True) -> dict:
             by_kind.setdefault(op.validate, []).append(op)
         refused_paths = set()
         for kind, kops in by_kind.items():
-            ok, out = _validate(kind, kops, bundle, root, stage)
+            ok, out = _sibling("agent_validate").validate(kind, kops, bundle, root, stage)
             if not ok:
                 for op in kops:
                     if op.action in (Action.WRITE, Action.MERGE_BLOCK):

@@ -30,6 +30,8 @@ from .vocab import Action, Op, Reload, Validator
 
 AGENT_SRC = Path(agent.__file__).read_text()
 VOCAB_SRC = Path(vocab.__file__).read_text()
+# the guest side of converge: what the bundle ships beside plan.json
+GUEST_MODULES = ("agent.py", "agent_validate.py", "agent_users.py", "vocab.py")
 # The facts program: the vocabulary installed as module ``vocab``, then the agent.
 FACTS_PROGRAM = (f"import sys, types\nsys.modules['vocab'] = _m = types.ModuleType('vocab')\n"
                  f"exec(compile({VOCAB_SRC!r}, 'vocab.py', 'exec'), _m.__dict__)\n"
@@ -71,15 +73,15 @@ def plan(entries: list[Entry], facts: dict) -> list[Op]:
 
 
 def bundle(ops: list[Op], rendered: Path) -> bytes:
-    """One tar.gz: agent.py, vocab.py, plan.json and the files the plan writes."""
+    """One tar.gz: the guest modules, plan.json and the files the plan writes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         def add(name: str, data: bytes, mode: int = 0o600) -> None:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, int(time.time())
             tar.addfile(info, io.BytesIO(data))
-        add("agent.py", AGENT_SRC.encode(), 0o700)
-        add("vocab.py", VOCAB_SRC.encode())
+        for name in GUEST_MODULES:
+            add(name, (Path(agent.__file__).parent / name).read_bytes(), 0o600)
         add("plan.json", json.dumps({"ops": [op.to_dict() for op in ops]}).encode())
         for op in ops:
             if op.action in (Action.WRITE, Action.MERGE_BLOCK):

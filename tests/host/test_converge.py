@@ -169,7 +169,8 @@ def test_bundle_contains_only_planned_files(tmp_path):
            Op("/etc/b", Action.ATTRS, "0644", "root", "root")]
     with tarfile.open(fileobj=io.BytesIO(converge.bundle(ops, rendered))) as tar:
         names = sorted(tar.getnames())
-    assert names == ["agent.py", "files/etc/a", "plan.json", "vocab.py"]
+    assert names == ["agent.py", "agent_users.py", "agent_validate.py", "files/etc/a", "plan.json",
+                     "vocab.py"]
     with tarfile.open(fileobj=io.BytesIO(converge.bundle(ops, rendered))) as tar:
         plan = json.loads(tar.extractfile("plan.json").read())
     assert [Op.from_dict(d) for d in plan["ops"]] == ops
