@@ -31,7 +31,7 @@ def test_mode_drift_is_repaired_without_reload(guest, paths, settings):
     env = f"{settings.paths.compose_dir}/.env"
     guest.run(f"chmod 0644 {env}")
     result = converge.converge_with(guest, paths)
-    assert [(o["path"], o["action"]) for o in result.ops] == [(env, "attrs")]
+    assert [(o.path, o.action) for o in result.ops] == [(env, "attrs")]
     assert result.report["reloaded"] == []
     assert guest.run(f"stat -c %a {env}").stdout.strip() == "600"
 
