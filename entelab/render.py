@@ -6,22 +6,36 @@ service reloads when it changes, how converge validates it) and ``NOTES.md``.
 Rendering is all-or-nothing: everything is rendered in memory first, and only
 then written, and only files whose content changed are touched. The manifest
 (build/manifest.json) is what converge pushes.
+
+Every value reaches a file through the escaper of that file's format
+(``format:`` in service.yaml): YAML files through the ``yaml`` filter (a YAML
+emitter), docker-compose.yml through ``compose`` (YAML, and ``$`` doubled
+against Compose's interpolation), .env through ``env`` (a restricted, quoted
+form docker-compose 1.29 and Compose v2 read alike), shell-sourced files
+through ``sh`` (shlex.quote). Formats without safe escaping (Apache, Postfix,
+dnsmasq, sudoers, hosts ...) only get values whose grammar is safe there
+(entelab/grammar.py); tests/host/test_template_escaping.py enforces both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import yaml
 from rich.table import Table
+from rich.text import Text
 
 from . import secrets as secrets_mod
-from .progress import console, info
-from .settings import Settings, SettingsError
+from .errors import SettingsError, TemplateError
+from .progress import console, info, warn
+from .settings import Settings
 from .state import ROOT, LabPaths, default_box_name
 
 TEMPLATES = ROOT / "templates"
@@ -30,6 +44,60 @@ MANAGED_END = "# END ente-lab managed block"
 RELOADS = {"httpd", "postfix", "sendmail", "saslauthd", "dnsmasq", "ente-stack", "users",
            "docker-network", "none"}
 VALIDATORS = {"apache", "postfix", "sudoers", "dnsmasq", "shell", "compose", "none"}
+# format -> the filter every interpolated value must go through ("" = none exists:
+# only grammar-safe values may appear; see tests/host/test_template_escaping.py)
+FORMATS = {"yaml": "yaml", "compose": "compose", "env": "env", "shell": "sh",
+           "apache": "", "postfix": "", "dnsmasq": "", "sudoers": "", "hosts": "", "users": "",
+           "m4": "", "lines": "", "dockerfile": "", "sasl": ""}
+# What a .env value may hold: read identically by docker-compose 1.29 (python-dotenv,
+# with interpolation) and Compose v2 inside single quotes: no quote, '$', '\\', '#',
+# newline or other control character.
+ENV_VALUE = re.compile(r"[A-Za-z0-9 _.,:/@%+=~-]*", re.ASCII)
+# Control characters never belong in a rendered text file (tab and newline aside).
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f\u2028\u2029]")
+
+
+class UnsafeValue(ValueError):
+    """A value no escaping makes safe in its file format (a grammar is too lax: a lab bug)."""
+
+
+def yaml_scalar(value: Any) -> str:
+    """One YAML scalar on one line: an integer as is, a string double-quoted by PyYAML's
+    emitter (every special or non-ASCII character escaped)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise UnsafeValue(f"yaml: not a string or an integer: {type(value).__name__}")
+    text = yaml.safe_dump([value], default_style='"', default_flow_style=True,
+                          width=1 << 30, allow_unicode=False).strip()
+    if not (text.startswith("[") and text.endswith("]")) or "\n" in text:
+        raise UnsafeValue(f"yaml: cannot emit {value[:40]!r} on one line")
+    return text[1:-1]
+
+
+def compose_scalar(value: Any) -> str:
+    """A YAML scalar for docker-compose.yml: '$' doubled so Compose never interpolates it."""
+    return yaml_scalar(value.replace("$", "$$") if isinstance(value, str) else value)
+
+
+def env_value(value: Any) -> str:
+    """A .env value: single-quoted, of a character set with no special meaning to either
+    Compose's .env reader (refused otherwise: there is no common escape)."""
+    text = str(value)
+    if isinstance(value, bool) or not ENV_VALUE.fullmatch(text) or len(text) > 4096:
+        raise UnsafeValue(f"env: {text[:40]!r}... has characters a .env value cannot carry "
+                          "the same way for docker-compose 1.29 and Compose v2")
+    return f"'{text}'"
+
+
+def shell_word(value: Any) -> str:
+    """One shell word (POSIX sh and bash), quoted with shlex.quote."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise UnsafeValue(f"sh: not a string: {type(value).__name__}")
+    text = str(value)
+    if "\0" in text:
+        raise UnsafeValue("sh: a NUL byte cannot be quoted")
+    return shlex.quote(text)
 
 
 @dataclass
@@ -54,11 +122,13 @@ class RenderResult:
     entries: list[Entry]
     changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    host_changed: list[str] = field(default_factory=list)   # build/manifest.json, vagrant.json
+    warnings: list[str] = field(default_factory=list)
     secrets_generated: bool = False
 
     @property
     def unchanged(self) -> bool:
-        return not (self.changed or self.removed or self.secrets_generated)
+        return not (self.changed or self.removed or self.host_changed or self.secrets_generated)
 
 
 def _env() -> jinja2.Environment:
@@ -70,7 +140,10 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters["yaml_str"] = lambda v: json.dumps(str(v))  # JSON strings are valid YAML
+    env.filters["yaml"] = yaml_scalar
+    env.filters["compose"] = compose_scalar
+    env.filters["env"] = env_value
+    env.filters["sh"] = shell_word
     return env
 
 
@@ -93,7 +166,7 @@ def _services() -> list[tuple[str, dict]]:
 
 def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
                 lab_id: str = "") -> list[tuple[Entry, bytes]]:
-    """Render every file in memory. Raises SettingsError on any template problem."""
+    """Render every file in memory. Raises TemplateError on any template problem."""
     env = _env()
     ctx = context(settings, secrets, lab_id)
     rendered: list[tuple[Entry, bytes]] = []
@@ -105,11 +178,15 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
             when = f.get("when")
             if when and not env.compile_expression(when)(**ctx):
                 continue
-            dest = env.from_string(f["dest"]).render(**ctx)
             src = f"{service}/{f['src']}"
+            fmt = f.get("format", "")
             try:
+                dest = env.from_string(f["dest"]).render(**ctx)
                 text = env.get_template(src).render(**ctx)
             except jinja2.TemplateError as exc:
+                problems.append(f"templates/{src}: {exc}")
+                continue
+            except UnsafeValue as exc:
                 problems.append(f"templates/{src}: {exc}")
                 continue
             entry = Entry(path=dest, mode=str(f.get("mode", "0644")), owner=f.get("owner", "root"),
@@ -119,6 +196,7 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
             data = text.encode()
             entry.sha256 = hashlib.sha256(data).hexdigest()
             problems += _entry_problems(entry, text, secrets, seen)
+            problems += _format_problems(entry, fmt, text)
             rendered.append((entry, data))
         for link in spec.get("links", []):
             when = link.get("when")
@@ -132,14 +210,37 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
             entry.sha256 = hashlib.sha256(f"link:{target}".encode()).hexdigest()
             rendered.append((entry, b""))
     if problems:
-        raise SettingsError(problems)
+        raise TemplateError(problems)
     return rendered
+
+
+DEST = re.compile(r"(?:/[A-Za-z0-9_.][A-Za-z0-9._-]*)+", re.ASCII)
+
+
+def _format_problems(e: Entry, fmt: str, text: str) -> list[str]:
+    """Checks of a rendered file by its format, in memory (the real programs run in the
+    tests and in converge): known format, no control characters, YAML that parses."""
+    if fmt not in FORMATS:
+        return [f"templates/{e.src}: format {fmt!r} unknown; one of {sorted(FORMATS)}"]
+    out = []
+    m = CONTROL.search(text)
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        out.append(f"templates/{e.src}: control character {m.group()!r} on line {line}")
+    if fmt in ("yaml", "compose"):
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            return [*out, f"templates/{e.src}: rendered YAML does not parse: {exc}"]
+        if not isinstance(doc, dict):
+            out.append(f"templates/{e.src}: rendered YAML is not a mapping")
+    return out
 
 
 def _entry_problems(e: Entry, text: str, secrets, seen: dict) -> list[str]:
     out = []
-    if not e.path.startswith("/"):
-        out.append(f"templates/{e.src}: destination {e.path!r} is not absolute")
+    if not DEST.fullmatch(e.path) or "/../" in e.path + "/":
+        out.append(f"templates/{e.src}: destination {e.path!r} is not an absolute, safe path")
     if e.path in seen:
         out.append(f"templates/{e.src}: destination {e.path} also written by templates/{seen[e.path]}")
     seen[e.path] = e.src
@@ -185,12 +286,20 @@ def _write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
 
 def render_lab(paths: LabPaths, settings: Settings, rotate: bool = False,
                quiet: bool = False) -> RenderResult:
-    """Validate, render in memory, then write only what changed. Idempotent."""
+    """Validate, render in memory, then write only what changed. Idempotent.
+
+    Bad settings or secrets raise SettingsError, a template bug TemplateError,
+    both before anything is written (the secrets file's mode included).
+    """
     secrets, generated = secrets_mod.load_or_create(paths.secrets, rotate=rotate, dry_run=True)
     rendered = render_tree(settings, secrets, paths.lab_id)     # raises before any write
+    result = RenderResult(entries=[e for e, _ in rendered], secrets_generated=generated)
     if generated:
         secrets_mod.write(paths.secrets, secrets)
-    result = RenderResult(entries=[e for e, _ in rendered], secrets_generated=generated)
+    else:
+        warning = secrets_mod.mode_warning(paths.secrets)
+        if warning:
+            result.warnings.append(warning)
     root = paths.rendered
     wanted = set()
     for entry, data in rendered:
@@ -214,15 +323,19 @@ def render_lab(paths: LabPaths, settings: Settings, rotate: bool = False,
                 result.removed.append("/" + str(existing.relative_to(root)))
     manifest = json.dumps({"lab_id": paths.lab_id, "files": [asdict(e) for e in result.entries]},
                           indent=2, sort_keys=True) + "\n"
-    _write_if_changed(paths.manifest, manifest.encode())
+    if _write_if_changed(paths.manifest, manifest.encode()):
+        result.host_changed.append(str(paths.manifest))
     vj = json.dumps(vagrant_settings(settings, paths), indent=2, sort_keys=True) + "\n"
-    _write_if_changed(paths.vagrant_json, vj.encode())
+    if _write_if_changed(paths.vagrant_json, vj.encode()):
+        result.host_changed.append(str(paths.vagrant_json))
     if not quiet:
         _report(result, paths)
     return result
 
 
 def _report(result: RenderResult, paths: LabPaths) -> None:
+    for w in result.warnings:
+        warn(w)
     if result.secrets_generated:
         info(f"secrets generated into {paths.secrets} (mode 0600; values not shown)")
     if result.unchanged:
@@ -232,6 +345,8 @@ def _report(result: RenderResult, paths: LabPaths) -> None:
         info(f"  changed  {p}")
     for p in result.removed:
         info(f"  removed  {p}")
+    for p in result.host_changed:
+        info(f"  updated  {p}")
     info(f"render: {len(result.changed)} changed, {len(result.removed)} removed, "
          f"{len(result.entries)} files in {paths.rendered}; manifest {paths.manifest}")
 
@@ -251,7 +366,8 @@ def settings_table(settings: Settings) -> Table:
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else k, v)
         else:
-            table.add_row(prefix, repr(value) if isinstance(value, str) and not value else str(value))
+            shown = repr(value) if isinstance(value, str) and not value else str(value)
+            table.add_row(Text(prefix), Text(shown))     # Text: never read as console markup
 
     walk("", settings.model_dump())
     return table

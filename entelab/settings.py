@@ -16,6 +16,7 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,13 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from rich.markup import escape
+
+from . import grammar as g
+from .errors import FIX_HINT, SettingsError
+
+__all__ = ["FIX_HINT", "Settings", "SettingsError", "load_settings", "is_email", "is_hostname",
+           "cross_checks", "parse_override", "read_yaml"]
 
 DEFAULTS_FILE = Path(__file__).with_name("settings.defaults.yaml")
 LOCAL_FILE_NAME = "settings.local.yaml"
@@ -36,38 +44,31 @@ DOCKER_DEFAULT_BRIDGE = ipaddress.ip_network("172.17.0.0/16")
 RESERVED_PORTS = {22: "ssh", 25: "smtp", 53: "dnsmasq", 80: "Apache http",
                   443: "Apache https", 587: "submission", 14000: "pebble ACME",
                   15000: "pebble management"}
+MAX_FILE_BYTES = 64 * 1024        # settings and secrets files, and one --set option
+MAX_PROBLEMS = 20                 # problems shown; the rest are counted
+MAX_MEMORY_MIB = 1024 * 1024      # when the host's memory cannot be read
 
-HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+)$")
-OTT_ENTRY = re.compile(r"^(?P<email>[^,\s]+),(?P<code>\d{6})$")
-IMAGE_REF = re.compile(
-    r"^(?:[a-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
-
-FIX_HINT = "fix it in settings.local.yaml or the --set option"
+is_hostname = g.is_dns_name
+is_email = g.is_email
 
 
-class SettingsError(Exception):
-    """Invalid settings: every problem, one line each, key first."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems)
-                         + f"\n  ({FIX_HINT}; nothing was written)")
+def capped(problems: list[str], limit: int = MAX_PROBLEMS) -> list[str]:
+    """At most ``limit`` problems, then one line counting the rest."""
+    if len(problems) <= limit:
+        return problems
+    return [*problems[:limit], f"... and {len(problems) - limit} more problems (fix these first)"]
 
 
-def is_hostname(value: str) -> bool:
-    if not value or len(value) > 253 or value.endswith("."):
-        return False
-    labels = value.split(".")
-    return len(labels) >= 2 and all(HOST_LABEL.match(label) for label in labels)
-
-
-def is_email(value: str) -> bool:
-    m = EMAIL.match(value)
-    return bool(m) and is_hostname(m.group(1).lower())
+def host_memory_mib() -> int:
+    """This host's memory in MiB (the upper bound of vm.memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return MAX_MEMORY_MIB
 
 
 # --------------------------------------------------------------------------- model
@@ -76,16 +77,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
 
 
-def _port(value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise ValueError("must be a TCP port between 1 and 65535")
-    return value
-
-
-def _unix_user(value: str) -> str:
-    if not UNIX_NAME.match(value):
-        raise ValueError("must be a system user name (lower case, digits, '_', '-')")
-    return value
+def _v(*fields: str, grammar):
+    """A field validator applying one grammar function to ``fields``."""
+    return field_validator(*fields)(classmethod(lambda cls, v: grammar(v)))
 
 
 class Ports(_Section):
@@ -95,7 +89,7 @@ class Ports(_Section):
     minio_console: int
     postgres: int
 
-    _check = field_validator("*")(classmethod(lambda cls, v: _port(v)))
+    _check = _v("*", grammar=g.port)
 
 
 class Docker(_Section):
@@ -105,56 +99,23 @@ class Docker(_Section):
     gateway: str
     museum_ip: str
 
-    @field_validator("network")
-    @classmethod
-    def _network(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", v):
-            raise ValueError("must be a Docker network name (letters, digits, '_', '.', '-')")
-        return v
-
-    @field_validator("subnet", "ip_range")
-    @classmethod
-    def _net(cls, v: str) -> str:
-        try:
-            net = ipaddress.ip_network(v, strict=True)
-        except ValueError as exc:
-            raise ValueError(f"must be an IPv4 network in CIDR form like 172.21.0.0/16 ({exc})") from None
-        if net.version != 4:
-            raise ValueError("must be an IPv4 network in CIDR form like 172.21.0.0/16")
-        return v
-
-    @field_validator("gateway", "museum_ip")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        try:
-            ipaddress.IPv4Address(v)
-        except ValueError:
-            raise ValueError("must be an IPv4 address like 172.21.0.5") from None
-        return v
+    _network = _v("network", grammar=g.docker_network)
+    _net = _v("subnet", "ip_range", grammar=g.cidr)
+    _ip = _v("gateway", "museum_ip", grammar=g.ipv4)
 
 
 class Paths(_Section):
     compose_dir: str
     data_dir: str
 
-    @field_validator("*")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        if not v.startswith("/") or "/../" in v + "/" or "//" in v:
-            raise ValueError("must be an absolute, normalised path like /opt/dockerfiles/ente")
-        return v.rstrip("/") or "/"
+    _path = _v("*", grammar=g.abs_path)
 
 
 class Db(_Section):
     name: str
     user: str
 
-    @field_validator("*")
-    @classmethod
-    def _ident(cls, v: str) -> str:
-        if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", v):
-            raise ValueError("must be a PostgreSQL identifier (lower case, digits, '_')")
-        return v
+    _ident = _v("*", grammar=g.pg_identifier)
 
 
 class Smtp(_Section):
@@ -164,16 +125,14 @@ class Smtp(_Section):
     sender_name: str
     encryption: Literal["", "tls", "ssl"]
 
-    _p = field_validator("port")(classmethod(lambda cls, v: _port(v)))
-
-    _u = field_validator("username")(classmethod(lambda cls, v: _unix_user(v)))
+    _p = _v("port", grammar=g.port)
+    _u = _v("username", grammar=g.account)
+    _s = _v("sender_name", grammar=g.sender_name)
 
     @field_validator("email")
     @classmethod
     def _email(cls, v: str) -> str:
-        if v and not is_email(v):
-            raise ValueError("must be an e-mail address like verification@darkstar.lan (or empty)")
-        return v
+        return v and g.email(v)
 
 
 class Images(_Section):
@@ -185,12 +144,7 @@ class Images(_Section):
     auth_web: str
     cli: str
 
-    @field_validator("*")
-    @classmethod
-    def _ref(cls, v: str) -> str:
-        if not IMAGE_REF.match(v):
-            raise ValueError("must be an image reference like ghcr.io/ente/server:latest")
-        return v
+    _ref = _v("*", grammar=g.image_ref)
 
 
 class Acme(_Section):
@@ -198,21 +152,13 @@ class Acme(_Section):
     ca: str
     contact: str
 
-    _u = field_validator("user")(classmethod(lambda cls, v: _unix_user(v)))
-
-    @field_validator("ca")
-    @classmethod
-    def _ca(cls, v: str) -> str:
-        if not re.match(r"^https://[^/\s]+/\S*$", v):
-            raise ValueError("must be an https:// ACME directory URL")
-        return v
+    _u = _v("user", grammar=g.account)
+    _ca = _v("ca", grammar=g.https_url)
 
     @field_validator("contact")
     @classmethod
     def _contact(cls, v: str) -> str:
-        if v and not is_email(v):
-            raise ValueError("must be an e-mail address (or empty)")
-        return v
+        return v and g.email(v)
 
 
 class Vm(_Section):
@@ -223,18 +169,17 @@ class Vm(_Section):
     provider: Literal["libvirt", "virtualbox"]
     management_network: str
 
-    @field_validator("hostname")
-    @classmethod
-    def _hostname(cls, v: str) -> str:
-        if not HOST_LABEL.match(v):
-            raise ValueError("must be a single host name label like darkstar")
-        return v
+    _hostname = _v("hostname", grammar=g.host_label)
+    _net = _v("management_network", grammar=g.cidr)
 
     @field_validator("memory")
     @classmethod
     def _memory(cls, v: int) -> int:
         if v < 2048:
             raise ValueError("must be at least 2048 (MiB): Docker, PostgreSQL and Postfix share the VM")
+        top = host_memory_mib()
+        if v > top:
+            raise ValueError(f"must be at most this host's memory, {top} (MiB)")
         return v
 
     @field_validator("cpus")
@@ -244,8 +189,6 @@ class Vm(_Section):
         if not 1 <= v <= cores:
             raise ValueError(f"must be between 1 and this host's {cores} cores")
         return v
-
-    _net = field_validator("management_network")(Docker._net.__func__)
 
 
 class Settings(_Section):
@@ -259,8 +202,8 @@ class Settings(_Section):
     paths: Paths
     db: Db
     smtp: Smtp
-    ott: list[str] = Field(default_factory=list)
-    admins: list[int] = Field(default_factory=list)
+    ott: list[str] = Field(default_factory=list, max_length=100)
+    admins: list[int] = Field(default_factory=list, max_length=100)
     images: Images
     acme: Acme
     vm: Vm
@@ -270,25 +213,26 @@ class Settings(_Section):
     def _host(cls, v: str, info) -> str:
         if info.field_name != "domain" and v == "":
             return v
-        if v != v.lower() or not is_hostname(v):
-            raise ValueError("must be a lower-case DNS name with at least two labels, like darkstar.lan")
-        return v
+        return g.dns_name(v)
 
     @field_validator("ott")
     @classmethod
     def _ott(cls, v: list[str]) -> list[str]:
         for i, entry in enumerate(v):
-            m = OTT_ENTRY.match(entry)
-            if not m or not is_email(m.group("email")):
-                raise ValueError(f"entry {i} ({entry!r}) must be 'email,6 digits' like 'me@home.lan,305719'")
+            try:
+                g.ott_entry(entry)
+            except ValueError:
+                raise ValueError(f"entry {i} ({g.show(entry)}) must be 'email,6 digits' "
+                                 "like 'me@home.lan,305719'") from None
         return v
 
     @field_validator("admins")
     @classmethod
     def _admins(cls, v: list[int]) -> list[int]:
         for i, uid in enumerate(v):
-            if uid <= 0:
-                raise ValueError(f"entry {i} ({uid}) must be a positive Ente account id")
+            if not 1 <= uid <= g.INT64_MAX:
+                raise ValueError(f"entry {i} ({g.show(uid)}) must be a positive Ente account id "
+                                 f"(1 .. {g.INT64_MAX})")
         return v
 
     # ---- derived values (the article's names) ----
@@ -319,13 +263,67 @@ class Settings(_Section):
 
 # --------------------------------------------------------------------------- loading
 
-def _yaml_file(path: Path) -> dict:
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (``*name``): no alias bombs, no shared nodes."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed here", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML with the lab's loader (safe, no aliases). Raises yaml.YAMLError."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
+def read_yaml(path: Path, what: str = "settings", fix: str = "") -> Any:
+    """Read a small YAML file of the lab's (settings or secrets) defensively.
+
+    Refused with ``SettingsError``: not a regular file (a directory, a FIFO),
+    unreadable, larger than 64 KiB, not UTF-8, not valid YAML, aliases. An
+    empty file is ``None``.
+    """
+    fix = fix or "fix it or delete it"
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SettingsError([f"{path}: cannot read it ({exc.strerror}); {fix}"]) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise SettingsError([f"{path}: is {kind}; the {what} file must be a YAML file ({fix})"])
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SettingsError([f"{path}: cannot read it ({exc.strerror}); {fix}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SettingsError([f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; a {what} file "
+                             f"is a few lines ({fix})"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError([f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                             f"({fix})"]) from None
+    try:
+        return load_yaml_text(text)
     except yaml.YAMLError as exc:
-        raise SettingsError([f"{path}: not valid YAML ({exc})"]) from None
+        detail = g.show(" ".join(str(exc).split()))
+        raise SettingsError([f"{path}: not valid YAML: {detail} ({fix})"]) from None
+
+
+def _yaml_file(path: Path) -> dict:
+    data = read_yaml(path)
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise SettingsError([f"{path}: must be a mapping of settings, got {type(data).__name__}"])
+        raise SettingsError([f"{path}: must be a mapping of settings (key: value lines), "
+                             f"got {type(data).__name__} {g.show(data)}"])
     return data
 
 
@@ -339,17 +337,26 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+KEY_PATH = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*", re.ASCII)
+
+
 def parse_override(text: str) -> dict:
     """``vm.memory=6144`` -> {"vm": {"memory": 6144}} (value parsed as YAML)."""
+    if len(text) > MAX_FILE_BYTES:
+        raise SettingsError([f"--set {g.show(text)}: longer than {MAX_FILE_BYTES // 1024} KiB"])
     if "=" not in text:
-        raise SettingsError([f"--set {text!r}: must be KEY=VALUE like vm.memory=6144"])
+        raise SettingsError([f"--set {g.show(text)}: must be KEY=VALUE like vm.memory=6144"])
     key, raw = text.split("=", 1)
+    key = key.strip()
+    if not KEY_PATH.fullmatch(key):
+        raise SettingsError([f"--set {g.show(text)}: the key must be a dotted settings key "
+                             "like vm.memory"])
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml_text(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     out: Any = value
-    for part in reversed(key.strip().split(".")):
+    for part in reversed(key.split(".")):
         out = {part: out}
     return out
 
@@ -364,14 +371,14 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Any) -> str:
     loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc)
+    key = show_key(".".join(str(p) for p in loc))
     value = err.get("input")
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         known = list(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        close = difflib.get_close_matches(str(loc[-1])[:80], known, n=1)
         hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{key}: unknown setting{hint} (known here: {', '.join(known)})"
     if err["type"] == "missing":
@@ -380,8 +387,14 @@ def _describe(err: dict) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     elif err["type"].endswith("_type") or err["type"] in ("int_parsing",):
-        msg = f"wrong type: {msg.lower()}"
-    return f"{key} = {value!r}: {msg}"
+        msg = f"wrong type: {escape(msg.lower())}"
+    else:
+        msg = escape(msg)
+    return f"{key} = {g.show(value)}: {msg}"
+
+
+def show_key(key: str) -> str:
+    return g.show_key(key)
 
 
 def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
@@ -429,43 +442,106 @@ def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
                         "Docker may hand it to another container first (the article does this); "
                         "an address outside the ip-range is safer")
 
-    # host names: distinct
+    # host names: valid once derived from the domain, and distinct
     names = {"domain": s.domain, "api_host": s.api_host, "web_host": s.web_host,
              "mail_host": s.mail_host}
+    for key in ("api_host", "web_host", "mail_host"):
+        if not g.is_dns_name(names[key]):
+            errors.append(f"{key} = {g.show(names[key])} (derived from domain): not a valid DNS "
+                          "name (too long); set a shorter domain or set it explicitly")
+    for key, value in (("smtp.email", s.smtp.email), ("acme.contact", s.acme.contact)):
+        if not g.is_email(value):
+            errors.append(f"{key} = {g.show(value)} (derived from domain): not a valid e-mail "
+                          "address (too long); set a shorter domain or set it explicitly")
     for a, b in (("api_host", "web_host"), ("api_host", "mail_host"), ("web_host", "mail_host")):
         if names[a] == names[b]:
-            errors.append(f"{b} = {names[b]!r}: same as {a}; each service needs its own name")
+            errors.append(f"{b} = {g.show(names[b])}: same as {a}; each service needs its own name")
     if s.smtp.encryption == "" and s.smtp.port == 465:
         errors.append("smtp.port = 465: port 465 is implicit TLS; set smtp.encryption to tls "
                       "or use port 587 (STARTTLS)")
     if s.smtp.username == s.acme.user:
-        errors.append(f"smtp.username = {s.smtp.username!r}: same as acme.user; they are separate accounts")
-    emails = [e for e, _ in s.ott_pairs]
+        errors.append(f"smtp.username = {g.show(s.smtp.username)}: same as acme.user; "
+                      "they are separate accounts")
+    if s.paths.compose_dir == s.paths.data_dir:
+        errors.append(f"paths.data_dir = {g.show(s.paths.data_dir)}: same as paths.compose_dir; "
+                      "keep the data apart from the compose files")
+    # e-mail addresses are case-insensitive: Me@home.lan and me@home.lan are one address
+    emails = [e.lower() for e, _ in s.ott_pairs]
     dupes = sorted({e for e in emails if emails.count(e) > 1})
     if dupes:
-        errors.append(f"ott: {', '.join(dupes)} listed more than once; one code per address")
+        errors.append(f"ott: {escape(', '.join(dupes))} listed more than once (e-mail addresses "
+                      "are compared ignoring case); one code per address")
     return errors, warnings
+
+
+def _bad_keys(errors: list[Any]) -> set[str]:
+    """The settings keys (top level, or section.key) that failed pydantic's checks."""
+    keys = set()
+    for err in errors:
+        loc = [str(p) for p in err["loc"]]
+        sectioned = len(loc) > 1 and _model_at(tuple(err["loc"][:1])) is not None
+        keys.add(".".join(loc[:2] if sectioned else loc[:1]))
+    return keys
+
+
+def _without(data: dict, keys: set[str], defaults: dict) -> dict:
+    """``data`` with each bad key put back to its default (or dropped when unknown)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key in keys:
+        parts = key.split(".")
+        parent, dparent = out, defaults
+        for part in parts[:-1]:
+            if not isinstance(parent.get(part), dict):
+                parent[part] = dict(dparent.get(part) or {})
+            parent, dparent = parent[part], dparent.get(part) or {}
+        if parts[-1] in dparent:
+            parent[parts[-1]] = dparent[parts[-1]]
+        else:
+            parent.pop(parts[-1], None)
+    return out
+
+
+def _mentions(message: str, keys: set[str]) -> bool:
+    return any(re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message) for k in keys)
+
+
+def validate(data: dict, defaults: dict) -> tuple[Settings, list[str]]:
+    """Check ``data`` (types, grammars, then cross-key checks). Every problem is reported
+    at once: with type errors present, the cross-key checks still run on the other keys."""
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        errs = exc.errors(include_url=False, include_context=False)
+        problems = [_describe(e) for e in errs[:MAX_PROBLEMS]]
+        problems += [""] * (len(errs) - len(problems))        # counted by capped()
+        bad = _bad_keys(errs) if len(errs) <= 1000 else set()
+        if bad:
+            try:
+                rest = Settings.model_validate(_without(data, bad, defaults))
+            except ValidationError:
+                rest = None
+            if rest is not None:
+                problems += [m for m in cross_checks(rest)[0] if not _mentions(m, bad)]
+        raise SettingsError(capped(sorted(problems, key=lambda p: p == ""))) from None
+    errors, warnings = cross_checks(settings)
+    if errors:
+        raise SettingsError(capped(errors))
+    return settings, warnings
 
 
 def load_settings(root: Path, overrides: list[str] | tuple[str, ...] = (),
                   local_file: Path | None = None) -> tuple[Settings, list[str]]:
     """Build the settings for a checkout. Returns (settings, warnings)."""
-    data = _yaml_file(DEFAULTS_FILE)
+    defaults = _yaml_file(DEFAULTS_FILE)
+    data = defaults
     if local_file is None:
         env = os.environ.get(ENV_SETTINGS_FILE)
         local_file = Path(env) if env else root / LOCAL_FILE_NAME
-        if env and not local_file.is_file():
-            raise SettingsError([f"{ENV_SETTINGS_FILE}={env}: no such file; "
+        if env and not (local_file.exists() or local_file.is_symlink()):
+            raise SettingsError([f"{ENV_SETTINGS_FILE}={g.show(env)}: no such file; "
                                  "unset it or point it at a settings YAML file"])
-    if local_file.is_file():
+    if local_file.exists() or local_file.is_symlink():
         data = _merge(data, _yaml_file(local_file))
     for text in overrides:
         data = _merge(data, parse_override(text))
-    try:
-        settings = Settings.model_validate(data)
-    except ValidationError as exc:
-        raise SettingsError([_describe(e) for e in exc.errors()]) from None
-    errors, warnings = cross_checks(settings)
-    if errors:
-        raise SettingsError(errors)
-    return settings, warnings
+    return validate(data, defaults)

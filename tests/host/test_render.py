@@ -7,7 +7,8 @@ import stat
 import pytest
 
 from entelab import render, state
-from entelab.settings import SettingsError, load_settings
+from entelab.errors import TemplateError
+from entelab.settings import load_settings
 
 
 @pytest.fixture
@@ -74,18 +75,18 @@ def _fake_templates(tmp_path, monkeypatch, spec, body):
 def test_secret_in_world_readable_file_is_refused(lab, tmp_path, monkeypatch):
     root, paths = lab
     _fake_templates(tmp_path, monkeypatch,
-                    "files:\n  - {src: f.j2, dest: /etc/x.conf, mode: '0644'}\n",
+                    "files:\n  - {src: f.j2, format: lines, dest: /etc/x.conf, mode: '0644'}\n",
                     "password={{ secrets.db_password }}\n")
-    with pytest.raises(SettingsError, match="holds a secret but has mode 0644; must be 0600"):
+    with pytest.raises(TemplateError, match="holds a secret but has mode 0644; must be 0600"):
         render.render_lab(paths, load_settings(root)[0], quiet=True)
     assert not paths.build.exists() and not paths.secrets.exists()
 
 
 def test_undefined_variable_fails_before_writing(lab, tmp_path, monkeypatch):
     root, paths = lab
-    _fake_templates(tmp_path, monkeypatch, "files:\n  - {src: f.j2, dest: /etc/x.conf}\n",
+    _fake_templates(tmp_path, monkeypatch, "files:\n  - {src: f.j2, format: lines, dest: /etc/x.conf}\n",
                     "{{ s.no_such_key }}\n")
-    with pytest.raises(SettingsError, match="templates/svc/f.j2: .*no_such_key"):
+    with pytest.raises(TemplateError, match="templates/svc/f.j2: .*no_such_key"):
         render.render_lab(paths, load_settings(root)[0], quiet=True)
     assert not paths.build.exists()
 
@@ -93,7 +94,7 @@ def test_undefined_variable_fails_before_writing(lab, tmp_path, monkeypatch):
 def test_secret_file_private_in_build(lab, tmp_path, monkeypatch):
     root, paths = lab
     _fake_templates(tmp_path, monkeypatch,
-                    "files:\n  - {src: f.j2, dest: /etc/x.conf, mode: '0600'}\n",
+                    "files:\n  - {src: f.j2, format: lines, dest: /etc/x.conf, mode: '0600'}\n",
                     "password={{ secrets.db_password }}\n")
     render.render_lab(paths, load_settings(root)[0], quiet=True)
     f = paths.rendered / "etc/x.conf"

@@ -108,7 +108,7 @@ def test_local_file_unknown_key_and_bad_yaml(checkout):
     msg = attempt(checkout, local="vm: [unclosed\n")
     assert "settings.local.yaml: not valid YAML" in msg
     msg = attempt(checkout, local="- a list\n")
-    assert "must be a mapping of settings, got list" in msg
+    assert "must be a mapping of settings (key: value lines), got list" in msg
 
 
 def test_all_problems_reported_at_once(checkout):
