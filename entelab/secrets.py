@@ -122,7 +122,7 @@ def _check(data: dict, path: Path) -> None:
     for name in GENERATORS:
         value = data.get(name)
         problem = grammar.secret_problem(name, value)
-        if value in ARTICLE_EXAMPLES:
+        if isinstance(value, str) and value in ARTICLE_EXAMPLES:
             problems.append(f"{path}: secret {name!r} is the article's published example value; "
                             "delete the line and re-render, or run lab.render --rotate-secrets")
         elif problem:
