@@ -109,3 +109,25 @@ def test_render_output_never_prints_secrets(lab, capsys):
     from entelab import secrets as sm
     s, _ = sm.load_or_create(paths.secrets)
     assert not any(v in out for v in s.values())
+
+
+def test_vagrant_json_change_is_not_reported_as_no_change(lab, capsys):
+    root, paths = lab
+    render.render_lab(paths, load_settings(root)[0], quiet=True)
+    capsys.readouterr()
+    result = render.render_lab(paths, load_settings(root, ["vm.memory=3072"])[0])
+    out = capsys.readouterr().out
+    assert not result.unchanged and result.changed == []
+    assert result.host_changed == [str(paths.vagrant_json)]
+    assert "render: no change" not in out and "render: 0 changed" in out
+    assert f"updated{paths.vagrant_json}" in "".join(out.split())      # rich may wrap it
+    assert json.loads(paths.vagrant_json.read_text())["memory"] == 3072
+
+
+def test_settings_table_shows_values_literally(tmp_path):
+    from rich.console import Console
+    s, _ = load_settings(tmp_path, local_file=tmp_path / "none.yaml")
+    s.smtp.sender_name = "[red]x[/b]"          # as if a grammar let it through
+    console = Console(record=True, width=200)
+    console.print(render.settings_table(s))
+    assert "[red]x[/b]" in console.export_text()
