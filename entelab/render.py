@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import secrets as secrets_mod
-from .errors import SettingsError, TemplateError
+from .errors import TemplateError
 from .progress import console, info, warn
 from .settings import Settings
 from .state import ROOT, LabPaths, default_box_name

@@ -39,7 +39,7 @@ __all__ = ["FIX_HINT", "Settings", "SettingsError", "load_settings", "is_email",
 DEFAULTS_FILE = Path(__file__).with_name("settings.defaults.yaml")
 LOCAL_FILE_NAME = "settings.local.yaml"
 ENV_SETTINGS_FILE = "ENTE_LAB_SETTINGS"
-DOCKER_DEFAULT_BRIDGE = ipaddress.ip_network("172.17.0.0/16")
+DOCKER_DEFAULT_BRIDGE = ipaddress.IPv4Network("172.17.0.0/16")
 # Ports the lab's own services hold inside the VM (Apache, Postfix, dnsmasq, pebble).
 RESERVED_PORTS = {22: "ssh", 25: "smtp", 53: "dnsmasq", 80: "Apache http",
                   443: "Apache https", 587: "submission", 14000: "pebble ACME",
@@ -402,11 +402,11 @@ def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
     errors: list[str] = []
     warnings: list[str] = []
     d = s.docker
-    subnet = ipaddress.ip_network(d.subnet)
-    ip_range = ipaddress.ip_network(d.ip_range)
-    gateway = ipaddress.ip_address(d.gateway)
-    museum = ipaddress.ip_address(d.museum_ip)
-    mgmt = ipaddress.ip_network(s.vm.management_network)
+    subnet = ipaddress.IPv4Network(d.subnet)
+    ip_range = ipaddress.IPv4Network(d.ip_range)
+    gateway = ipaddress.IPv4Address(d.gateway)
+    museum = ipaddress.IPv4Address(d.museum_ip)
+    mgmt = ipaddress.IPv4Network(s.vm.management_network)
 
     # ports: distinct, and not one the lab's own services hold
     seen: dict[int, str] = {}

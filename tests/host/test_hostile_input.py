@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_settings import attempt, checkout, snapshot  # noqa: F401 - checkout is a fixture
+from test_settings import attempt, snapshot
 
 from entelab import grammar, render, state
 from entelab import secrets as sm
@@ -19,6 +19,14 @@ from entelab.errors import SettingsError
 from entelab.settings import MAX_PROBLEMS, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def checkout(empty_checkout):
+    """A checkout dir with one good render already in place."""
+    settings, _ = load_settings(empty_checkout)
+    render.render_lab(state.paths(empty_checkout), settings, quiet=True)
+    return empty_checkout
 
 
 def local(values: dict) -> str:
@@ -158,7 +166,7 @@ MALFORMED_SECRETS = [
     ("key_encryption", "yvmG/RnzKrbCb9L3mgsmoxXr9H7i2Z4qlbT0mL"),          # truncated
     ("key_encryption", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),     # 43 chars, no '='
     ("key_encryption", "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!="),    # not base64
-    ("key_encryption", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="),  # 64 bytes
+    ("key_encryption", "A" * 86 + "=="),                                   # 64 bytes
     ("key_hash", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),                # 32 bytes
     ("jwt_secret", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA+/="),             # not URL-safe
     ("sasl_salt", "bad salt!"), ("sasl_salt", "$6$x"), ("db_password", "short"),

@@ -1,7 +1,6 @@
 """Render engine: all-or-nothing, idempotent, manifest, and the secret/mode guard."""
 
 import json
-import os
 import stat
 
 import pytest

@@ -28,7 +28,7 @@ def test_stable_across_loads_and_rotatable(tmp_path):
     assert again == first and not changed
     rotated, changed = sm.load_or_create(path, rotate=True)
     assert changed
-    assert all(a != b for a, b in zip(first.values(), rotated.values()))
+    assert all(a != b for a, b in zip(first.values(), rotated.values(), strict=True))
     assert sm.load_or_create(path)[0] == rotated
 
 
