@@ -45,26 +45,35 @@ def show_key(key: str) -> str:
 LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", A)
 
 
+def _all_digits(label: str) -> bool:
+    return label.isascii() and label.isdigit()
+
+
 def host_label(value: str) -> str:
-    """One lower-case DNS label (RFC 1123): 1-63 of a-z 0-9 '-', no '-' at either end."""
-    if not LABEL.fullmatch(value):
+    """One lower-case DNS label (RFC 1123): 1-63 of a-z 0-9 '-', no '-' at either end,
+    not all digits (Postfix and others take an all-numeric name for an address)."""
+    if not isinstance(value, str) or not LABEL.fullmatch(value) or _all_digits(value):
         raise ValueError("must be a single host name label like darkstar "
-                         "(1-63 of a-z 0-9 '-', not starting or ending with '-')")
+                         "(1-63 of a-z 0-9 '-', not starting or ending with '-', not all digits)")
     return value
 
 
 def is_dns_name(value: str, min_labels: int = 2) -> bool:
+    """Labels as ``host_label`` (digits allowed), the last one (the top-level domain)
+    not all digits: '1.2.3.4' or '0.0' look like addresses and Postfix refuses them."""
     if not isinstance(value, str) or not 1 <= len(value) <= 253:
         return False
     labels = value.split(".")
-    return len(labels) >= min_labels and all(LABEL.fullmatch(label) for label in labels)
+    return (len(labels) >= min_labels and all(LABEL.fullmatch(label) for label in labels)
+            and not _all_digits(labels[-1]))
 
 
 def dns_name(value: str) -> str:
     """A lower-case DNS name of at least two labels, at most 253 characters."""
     if not is_dns_name(value):
         raise ValueError("must be a lower-case DNS name with at least two labels, like darkstar.lan "
-                         "(labels of a-z 0-9 '-', 1-63 characters each, 253 in all)")
+                         "(labels of a-z 0-9 '-', 1-63 characters each, 253 in all; the last "
+                         "label not all digits)")
     return value
 
 
@@ -72,7 +81,8 @@ def docker_network(value: str) -> str:
     """The Docker network's name: also a DNS domain (ente-museum.<network>) in the lab."""
     if not is_dns_name(value, min_labels=1) or len(value) > 63:
         raise ValueError("must be a lower-case DNS name like ente.lan (a-z 0-9 '-' '.', "
-                         "at most 63 characters): it is also the containers' DNS domain")
+                         "at most 63 characters, the last label not all digits): it is also "
+                         "the containers' DNS domain")
     return value
 
 

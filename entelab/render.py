@@ -29,6 +29,7 @@ from typing import Any
 
 import jinja2
 import yaml
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -337,18 +338,19 @@ def _report(result: RenderResult, paths: LabPaths) -> None:
     for w in result.warnings:
         warn(w)
     if result.secrets_generated:
-        info(f"secrets generated into {paths.secrets} (mode 0600; values not shown)")
+        info(f"secrets generated into {escape(str(paths.secrets))} (mode 0600; values not shown)")
     if result.unchanged:
-        info(f"render: no change ({len(result.entries)} files up to date in {paths.rendered})")
+        info(f"render: no change ({len(result.entries)} files up to date in {escape(str(paths.rendered))})")
         return
     for p in result.changed:
-        info(f"  changed  {p}")
+        info(f"  changed  {escape(p)}")
     for p in result.removed:
-        info(f"  removed  {p}")
+        info(f"  removed  {escape(p)}")
     for p in result.host_changed:
-        info(f"  updated  {p}")
+        info(f"  updated  {escape(p)}")
     info(f"render: {len(result.changed)} changed, {len(result.removed)} removed, "
-         f"{len(result.entries)} files in {paths.rendered}; manifest {paths.manifest}")
+         f"{len(result.entries)} files in {escape(str(paths.rendered))}; "
+         f"manifest {escape(str(paths.manifest))}")
 
 
 def load_manifest(paths: LabPaths) -> list[Entry]:

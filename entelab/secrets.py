@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
+from rich.markup import escape
 
 from . import grammar, hostrun
 from .errors import SettingsError
@@ -119,19 +120,20 @@ def openssl_sha512_crypt(password: str, salt: str) -> str:
 
 def _check(data: dict, path: Path) -> None:
     problems = []
+    where = escape(str(path))
     for name in GENERATORS:
         value = data.get(name)
         problem = grammar.secret_problem(name, value)
         if isinstance(value, str) and value in ARTICLE_EXAMPLES:
-            problems.append(f"{path}: secret {name!r} is the article's published example value; "
+            problems.append(f"{where}: secret {name!r} is the article's published example value; "
                             "delete the line and re-render, or run lab.render --rotate-secrets")
         elif problem:
-            problems.append(f"{path}: secret {name!r} {problem}; {SECRETS_FIX}")
+            problems.append(f"{where}: secret {name!r} {problem}; {SECRETS_FIX}")
     unknown = sorted(set(data) - set(GENERATORS))
     if unknown:
         names = ", ".join(grammar.show_key(str(k)) for k in unknown[:10])
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-        problems.append(f"{path}: unknown secret(s) {names}{more}; known: {', '.join(GENERATORS)}")
+        problems.append(f"{where}: unknown secret(s) {names}{more}; known: {', '.join(GENERATORS)}")
     if problems:
         raise SettingsError(capped(problems))
 
@@ -140,10 +142,11 @@ def read(path: Path) -> dict:
     """The secrets file's values (missing or empty ones left out). Refuses a bad file."""
     fix = "fix or delete it (deleting it generates new secrets)"
     data = read_yaml(path, "secrets", fix=fix)
+    where = escape(str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SettingsError([f"{path}: must be a mapping name: value, got {type(data).__name__}; {fix}"])
+        raise SettingsError([f"{where}: must be a mapping name: value, got {type(data).__name__}; {fix}"])
     present = {k: v for k, v in data.items() if v not in (None, "")}
     _check({**{k: GENERATORS[k]() for k in GENERATORS if k not in present}, **present}, path)
     return present
@@ -158,7 +161,7 @@ def mode_warning(path: Path) -> str | None:
     if mode == 0o600:
         return None
     path.chmod(0o600)
-    return (f"{path} had mode {mode:04o} (its secrets readable by others); repaired to 0600. "
+    return (f"{escape(str(path))} had mode {mode:04o} (its secrets readable by others); repaired to 0600. "
             "If others could read it, rotate them: lab.render --rotate-secrets")
 
 

@@ -290,31 +290,32 @@ def read_yaml(path: Path, what: str = "settings", fix: str = "") -> Any:
     empty file is ``None``.
     """
     fix = fix or "fix it or delete it"
+    where = escape(str(path))
     try:
         st = path.stat()
     except OSError as exc:
-        raise SettingsError([f"{path}: cannot read it ({exc.strerror}); {fix}"]) from None
+        raise SettingsError([f"{where}: cannot read it ({exc.strerror}); {fix}"]) from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise SettingsError([f"{path}: is {kind}; the {what} file must be a YAML file ({fix})"])
+        raise SettingsError([f"{where}: is {kind}; the {what} file must be a YAML file ({fix})"])
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise SettingsError([f"{path}: cannot read it ({exc.strerror}); {fix}"]) from None
+        raise SettingsError([f"{where}: cannot read it ({exc.strerror}); {fix}"]) from None
     if len(raw) > MAX_FILE_BYTES:
-        raise SettingsError([f"{path}: larger than {MAX_FILE_BYTES // 1024} KiB; a {what} file "
+        raise SettingsError([f"{where}: larger than {MAX_FILE_BYTES // 1024} KiB; a {what} file "
                              f"is a few lines ({fix})"])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SettingsError([f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+        raise SettingsError([f"{where}: not UTF-8 text (byte {exc.start}); save it as UTF-8 "
                              f"({fix})"]) from None
     try:
         return load_yaml_text(text)
     except yaml.YAMLError as exc:
         detail = g.show(" ".join(str(exc).split()))
-        raise SettingsError([f"{path}: not valid YAML: {detail} ({fix})"]) from None
+        raise SettingsError([f"{where}: not valid YAML: {detail} ({fix})"]) from None
 
 
 def _yaml_file(path: Path) -> dict:
@@ -322,7 +323,7 @@ def _yaml_file(path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SettingsError([f"{path}: must be a mapping of settings (key: value lines), "
+        raise SettingsError([f"{escape(str(path))}: must be a mapping of settings (key: value lines), "
                              f"got {type(data).__name__} {g.show(data)}"])
     return data
 

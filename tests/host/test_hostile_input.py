@@ -363,6 +363,15 @@ def test_bad_sasl_salt_is_refused_not_a_crash(checkout):
     assert "secret 'sasl_salt' must be" in attempt(checkout)
 
 
+@pytest.mark.parametrize("key,value", [("mail_host", "0.0"), ("domain", "1.2.3.4"),
+                                       ("api_host", "ente.123"), ("vm.hostname", "123"),
+                                       ("docker.network", "42")])
+def test_all_numeric_host_names_are_refused(checkout, key, value):
+    """Found by the property test: Postfix refuses 'myhostname = 0.0' (a numeric name)."""
+    msg = refused(checkout, {key: value})
+    assert f"{key} = {value!r}: must be" in msg and "not all digits" in msg
+
+
 def test_derived_names_too_long_for_dns_are_refused(checkout):
     domain = ".".join(["a" * 49] * 5)          # 249 characters: valid itself
     msg = attempt(checkout, [f"domain={domain}"])
