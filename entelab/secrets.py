@@ -129,7 +129,7 @@ def _check(data: dict, path: Path) -> None:
                             "delete the line and re-render, or run lab.render --rotate-secrets")
         elif problem:
             problems.append(f"{where}: secret {name!r} {problem}; {SECRETS_FIX}")
-    unknown = sorted(set(data) - set(GENERATORS))
+    unknown = sorted(set(data) - set(GENERATORS), key=str)
     if unknown:
         names = ", ".join(grammar.show_key(str(k)) for k in unknown[:10])
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""

@@ -222,6 +222,9 @@ def test_secrets_file_list_or_alias_is_refused(checkout):
     assert "must be a mapping name: value, got list" in attempt(checkout)
     path.write_text(good + "x: &a abc\ny: *a\n")
     assert "aliases" in attempt(checkout)
+    path.write_text(good + "1: x\n'[red]': y\nzz: z\n")
+    msg = attempt(checkout)
+    assert "unknown secret(s) 1, '[red]', zz;" in msg.replace("\\[", "[")
 
 
 # ------------------------------------------------------------------ crashes -> refusals
