@@ -450,6 +450,10 @@ def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
         if not g.is_dns_name(names[key]):
             errors.append(f"{key} = {g.show(names[key])} (derived from domain): not a valid DNS "
                           "name (too long); set a shorter domain or set it explicitly")
+    fqdn = f"{s.vm.hostname}.{s.domain}"
+    if not g.is_dns_name(fqdn):
+        errors.append(f"vm.hostname = {g.show(s.vm.hostname)}: {g.show(fqdn)} is too long for a DNS "
+                      "name (253 characters); choose a shorter vm.hostname or domain")
     for key, value in (("smtp.email", s.smtp.email), ("acme.contact", s.acme.contact)):
         if not g.is_email(value):
             errors.append(f"{key} = {g.show(value)} (derived from domain): not a valid e-mail "

@@ -379,6 +379,8 @@ def test_derived_names_too_long_for_dns_are_refused(checkout):
     domain = ".".join(["a" * 49] * 5)          # 249 characters: valid itself
     msg = attempt(checkout, [f"domain={domain}"])
     assert "(derived from domain): not a valid DNS name" in msg
+    msg = attempt(checkout, [f"domain={domain[:240]}", "vm.hostname=" + "h" * 20])
+    assert "is too long for a DNS name" in msg
 
 
 def test_refusals_name_the_setting_not_a_traceback_for_odd_keys(checkout):

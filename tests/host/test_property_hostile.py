@@ -159,9 +159,11 @@ def _valid(key: str):
 
 
 def setting_examples():
+    """(kind, key, value, sendmail): with sendmail the value is tried with mta=sendmail."""
     return st.sampled_from(SETTING_KEYS).flatmap(
         lambda k: st.tuples(st.just("setting"), st.just(k),
-                            values_for(k, [DEFAULTS[k], *EDGE.get(k, [])], _valid(k))))
+                            values_for(k, [DEFAULTS[k], *EDGE.get(k, [])], _valid(k)),
+                            st.booleans()))
 
 
 def secret_examples():
@@ -170,7 +172,8 @@ def secret_examples():
         lambda k: st.tuples(st.just("secret"), st.just(k),
                             values_for(k, [sm.GENERATORS[k](), *SECRET_EDGE],
                                        st.from_regex(_SECRET, fullmatch=True) if k in charset
-                                       else None)))
+                                       else None),
+                            st.just(False)))
 
 
 # ------------------------------------------------------------------ the lab under test
@@ -295,13 +298,16 @@ def check_sourced(tree: Tree, s, work: Path) -> None:
     assert not list(d.iterdir()), f"sourcing ran a command: {list(d.iterdir())}"
 
 
-def attempt(lab: Lab, kind: str, key: str, value) -> str:
+def attempt(lab: Lab, kind: str, key: str, value, sendmail: bool = False) -> str:
     """Apply one hostile value and render; returns 'refused' or 'rendered'."""
     if lab.dirty:                    # a failed example left its value behind
         lab.reset()
     lab.dirty = True
     if kind == "setting":
-        lab.settings_file.write_text(yaml.safe_dump(_nested(key, value), allow_unicode=True))
+        doc = _nested(key, value)
+        if sendmail and key != "mta":
+            doc["mta"] = "sendmail"
+        lab.settings_file.write_text(yaml.safe_dump(doc, allow_unicode=True))
     else:
         data = yaml.safe_load(lab.good_secrets)
         data[key] = value
@@ -334,8 +340,7 @@ OUTCOMES: dict[str, int] = {"refused": 0, "rendered": 0}
                                  HealthCheck.function_scoped_fixture])
 @given(example=st.one_of(setting_examples(), secret_examples()))
 def test_hostile_value_is_refused_or_rendered_safely(lab, example):
-    kind, key, value = example
-    OUTCOMES[attempt(lab, kind, key, value)] += 1
+    OUTCOMES[attempt(lab, *example)] += 1
 
 
 def test_property_run_covered_both_outcomes(lab):
