@@ -181,8 +181,8 @@ URL = re.compile(r"https://(?P<host>[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?"
 def https_url(value: str) -> str:
     """An https:// URL: host (DNS name, 'localhost' or IPv4), optional port and path of
     letters, digits and . _ ~ / -; no query, no credentials."""
-    m = URL.fullmatch(value) if isinstance(value, str) else None
-    ok = bool(m) and len(value) <= 200
+    m = URL.fullmatch(value) if isinstance(value, str) and len(value) <= 200 else None
+    ok = bool(m)
     if m and ok:
         host = m.group("host")
         ok = host == "localhost" or is_dns_name(host.lower()) or _is_ipv4(host)
