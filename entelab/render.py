@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import yaml
 from rich.markup import escape
 from rich.table import Table
@@ -196,7 +197,7 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
                           validate=f.get("validate", "none"), section=f.get("section", section))
             data = text.encode()
             entry.sha256 = hashlib.sha256(data).hexdigest()
-            problems += _entry_problems(entry, text, secrets, seen)
+            problems += _entry_problems(entry, text, _uses_secrets(env, src), seen)
             problems += _format_problems(entry, fmt, text)
             rendered.append((entry, data))
         for link in spec.get("links", []):
@@ -238,7 +239,28 @@ def _format_problems(e: Entry, fmt: str, text: str) -> list[str]:
     return out
 
 
-def _entry_problems(e: Entry, text: str, secrets, seen: dict) -> list[str]:
+def _uses_secrets(env: jinja2.Environment, src: str) -> bool:
+    """Whether template ``src`` (or a template it imports or includes) reads ``secrets``.
+
+    Decided from the template, not by looking for secret values in the output: a
+    user's secret may happen to equal a word of some file (a salt 'dehydrated')."""
+    assert env.loader is not None
+    seen: set[str] = set()
+    todo = [src]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        source = env.loader.get_source(env, name)[0]
+        ast = env.parse(source)
+        if "secrets" in jinja2.meta.find_undeclared_variables(ast):
+            return True
+        todo += [t for t in jinja2.meta.find_referenced_templates(ast) if t]
+    return False
+
+
+def _entry_problems(e: Entry, text: str, uses_secrets: bool, seen: dict) -> list[str]:
     out = []
     if not DEST.fullmatch(e.path) or "/../" in e.path + "/":
         out.append(f"templates/{e.src}: destination {e.path!r} is not an absolute, safe path")
@@ -249,7 +271,7 @@ def _entry_problems(e: Entry, text: str, secrets, seen: dict) -> list[str]:
         out.append(f"templates/{e.src}: reload {e.reload!r} unknown; one of {sorted(RELOADS)}")
     if e.validate not in VALIDATORS:
         out.append(f"templates/{e.src}: validate {e.validate!r} unknown; one of {sorted(VALIDATORS)}")
-    if any(v and v in text for v in secrets.values()) and int(e.mode, 8) & 0o077:
+    if uses_secrets and int(e.mode, 8) & 0o077:
         out.append(f"templates/{e.src}: holds a secret but has mode {e.mode}; must be 0600")
     if e.merge == "block" and not (MANAGED_BEGIN in text and MANAGED_END in text):
         out.append(f"templates/{e.src}: merge: block needs the managed_begin/managed_end markers")

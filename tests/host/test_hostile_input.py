@@ -398,3 +398,15 @@ def test_snapshot_helper_sees_a_change(checkout):
     before = snapshot(checkout)
     (checkout / ".lab-secrets.yaml").chmod(0o644)
     assert snapshot(checkout) != before
+
+
+def test_secret_that_equals_a_word_of_a_file_renders(checkout):
+    """Found by the property test: sasl_salt 'dehydrated' is in many files; the 0600 guard
+    goes by which templates read secrets, not by searching the output for their values."""
+    set_secret(checkout, "sasl_salt", "dehydrated")
+    set_secret(checkout, "db_password", "permit_sasl_authenticated")
+    s, _ = load_settings(checkout)
+    result = render.render_lab(state.paths(checkout), s, quiet=True)
+    assert "/etc/ente-lab/users.conf" in result.changed
+    users = (state.paths(checkout).rendered / "etc/ente-lab/users.conf").read_text()
+    assert "$6$dehydrated$" in users
