@@ -4,7 +4,12 @@ Flow: ``settings.defaults.yaml`` (shipped) <- ``settings.local.yaml`` (or the fi
 named by ENTE_LAB_SETTINGS) <- ``--set key.path=value`` options. The result is
 checked twice: by pydantic (types, unknown keys, single values) and by
 ``cross_checks`` (collisions, overlaps, membership). Every problem is reported
-at once as ``SettingsError``; nothing is written before validation passes.
+at once as ``SettingsError`` (with type errors present, the cross-key checks run
+on the other keys); nothing is written before validation passes.
+
+Each value is checked by its grammar (entelab/grammar.py). Input is bounded:
+files of at most 64 KiB of UTF-8, no YAML aliases, at most 20 problems listed;
+values in messages are shown literally (repr, shortened, console markup escaped).
 
 The lab's settings are deliberately not part of Invoke's configuration (no
 ``INVOKE_*`` environment variable or invoke.yaml key can reach them).
@@ -52,11 +57,13 @@ is_hostname = g.is_dns_name
 is_email = g.is_email
 
 
-def capped(problems: list[str], limit: int = MAX_PROBLEMS) -> list[str]:
-    """At most ``limit`` problems, then one line counting the rest."""
-    if len(problems) <= limit:
+def capped(problems: list[str], limit: int = MAX_PROBLEMS, hidden: int = 0) -> list[str]:
+    """At most ``limit`` problems, then one line counting the rest (``hidden`` of them
+    were never described)."""
+    total = len(problems) + hidden
+    if total <= limit:
         return problems
-    return [*problems[:limit], f"... and {len(problems) - limit} more problems (fix these first)"]
+    return [*problems[:limit], f"... and {total - limit} more problems (fix these first)"]
 
 
 def host_memory_mib() -> int:
@@ -518,7 +525,7 @@ def validate(data: dict, defaults: dict) -> tuple[Settings, list[str]]:
     except ValidationError as exc:
         errs = exc.errors(include_url=False, include_context=False)
         problems = [_describe(e) for e in errs[:MAX_PROBLEMS]]
-        problems += [""] * (len(errs) - len(problems))        # counted by capped()
+        hidden = len(errs) - len(problems)                   # counted, not described
         bad = _bad_keys(errs) if len(errs) <= 1000 else set()
         if bad:
             try:
@@ -527,7 +534,7 @@ def validate(data: dict, defaults: dict) -> tuple[Settings, list[str]]:
                 rest = None
             if rest is not None:
                 problems += [m for m in cross_checks(rest)[0] if not _mentions(m, bad)]
-        raise SettingsError(capped(sorted(problems, key=lambda p: p == ""))) from None
+        raise SettingsError(capped(problems, hidden=hidden)) from None
     errors, warnings = cross_checks(settings)
     if errors:
         raise SettingsError(capped(errors))
