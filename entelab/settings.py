@@ -271,7 +271,8 @@ class Settings(_Section):
 # --------------------------------------------------------------------------- loading
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases (``*name``): no alias bombs, no shared nodes."""
+    """SafeLoader that refuses aliases (``*name``: no alias bombs, no shared nodes) and
+    a key given twice in one mapping (YAML would silently keep the last)."""
 
     def compose_node(self, parent, index):  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
@@ -279,6 +280,18 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, "aliases (*name) are not allowed here", event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    if key_node.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key_node.value[:40]!r} given twice",
+                            key_node.start_mark)
+                    seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_yaml_text(text: str) -> Any:
@@ -321,8 +334,21 @@ def read_yaml(path: Path, what: str = "settings", fix: str = "") -> Any:
     try:
         return load_yaml_text(text)
     except yaml.YAMLError as exc:
-        detail = g.show(" ".join(str(exc).split()))
-        raise SettingsError([f"{where}: not valid YAML: {detail} ({fix})"]) from None
+        raise SettingsError([f"{where}: not valid YAML: {yaml_problem(exc)} ({fix})"]) from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without the snippet of the file PyYAML would quote
+    (in the secrets file that line holds a secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        text = " ".join(p for p in (exc.context, exc.problem) if p)
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            text += f" (line {mark.line + 1}, column {mark.column + 1})"
+    else:
+        text = str(exc)
+    text = " ".join(text.split())
+    return escape(text if len(text) <= 200 else text[:197] + "...")
 
 
 def _yaml_file(path: Path) -> dict:

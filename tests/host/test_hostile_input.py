@@ -266,6 +266,20 @@ def test_yaml_alias_bomb_is_refused(checkout):
     assert "aliases (*name) are not allowed here" in msg
 
 
+def test_key_given_twice_is_refused(checkout):
+    msg = attempt(checkout, local="domain: a.lan\nvm:\n  memory: 4096\n  memory: 1\n")
+    assert "key 'memory' given twice (line 4, column 3)" in msg
+
+
+def test_bad_yaml_in_the_secrets_file_does_not_show_the_line(checkout):
+    path = checkout / ".lab-secrets.yaml"
+    data = yaml.safe_load(path.read_text())
+    path.write_text(f"db_password: {data['db_password']}: oops\n")
+    msg = attempt(checkout)
+    assert "not valid YAML: mapping values are not allowed here (line 1" in msg
+    assert data["db_password"] not in msg
+
+
 def test_alias_in_a_set_option_is_not_expanded(checkout):
     msg = attempt(checkout, ["vm.hostname=*a"])
     assert "vm.hostname = '*a': must be a single host name label" in msg
