@@ -6,23 +6,37 @@ service reloads when it changes, how converge validates it) and ``NOTES.md``.
 Rendering is all-or-nothing: everything is rendered in memory first, and only
 then written, and only files whose content changed are touched. The manifest
 (build/manifest.json) is what converge pushes.
+
+Every value reaches a file through the escaper of that file's format
+(``format:`` in service.yaml): YAML files through the ``yaml`` filter (a YAML
+emitter), docker-compose.yml through ``compose`` (YAML, and ``$`` doubled
+against Compose's interpolation), .env through ``env`` (a restricted, quoted
+form docker-compose 1.29 and Compose v2 read alike), shell-sourced files
+through ``sh`` (shlex.quote). Formats without safe escaping (Apache, Postfix,
+dnsmasq, sudoers, hosts ...) only get values whose grammar is safe there
+(entelab/grammar.py); tests/host/test_template_escaping.py enforces both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
+import jinja2.meta
 import yaml
 from rich.table import Table
+from rich.text import Text
 
 from . import secrets as secrets_mod
 from . import vocab
 from .errors import TemplateError
-from .progress import info
+from .progress import info, warn
 from .settings import Settings
 from .state import ROOT, LabPaths, default_box_name
 
@@ -31,6 +45,60 @@ MANAGED_BEGIN = vocab.BLOCK_BEGIN
 MANAGED_END = vocab.BLOCK_END
 RELOADS = {r.value for r in vocab.Reload}
 VALIDATORS = {v.value for v in vocab.Validator}
+# format -> the filter every interpolated value must go through ("" = none exists:
+# only grammar-safe values may appear; see tests/host/test_template_escaping.py)
+FORMATS = {"yaml": "yaml", "compose": "compose", "env": "env", "shell": "sh",
+           "apache": "", "postfix": "", "dnsmasq": "", "sudoers": "", "hosts": "", "users": "",
+           "m4": "", "lines": "", "dockerfile": "", "sasl": ""}
+# What a .env value may hold: read identically by docker-compose 1.29 (python-dotenv,
+# with interpolation) and Compose v2 inside single quotes: no quote, '$', '\\', '#',
+# newline or other control character.
+ENV_VALUE = re.compile(r"[A-Za-z0-9 _.,:/@%+=~-]*", re.ASCII)
+# Control characters never belong in a rendered text file (tab and newline aside).
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f\u2028\u2029]")
+
+
+class UnsafeValue(ValueError):
+    """A value no escaping makes safe in its file format (a grammar is too lax: a lab bug)."""
+
+
+def yaml_scalar(value: Any) -> str:
+    """One YAML scalar on one line: an integer as is, a string double-quoted by PyYAML's
+    emitter (every special or non-ASCII character escaped)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise UnsafeValue(f"yaml: not a string or an integer: {type(value).__name__}")
+    text = yaml.safe_dump([value], default_style='"', default_flow_style=True,
+                          width=1 << 30, allow_unicode=False).strip()
+    if not (text.startswith("[") and text.endswith("]")) or "\n" in text:
+        raise UnsafeValue(f"yaml: cannot emit {value[:40]!r} on one line")
+    return text[1:-1]
+
+
+def compose_scalar(value: Any) -> str:
+    """A YAML scalar for docker-compose.yml: '$' doubled so Compose never interpolates it."""
+    return yaml_scalar(value.replace("$", "$$") if isinstance(value, str) else value)
+
+
+def env_value(value: Any) -> str:
+    """A .env value: single-quoted, of a character set with no special meaning to either
+    Compose's .env reader (refused otherwise: there is no common escape)."""
+    text = str(value)
+    if isinstance(value, bool) or not ENV_VALUE.fullmatch(text) or len(text) > 4096:
+        raise UnsafeValue(f"env: {text[:40]!r}... has characters a .env value cannot carry "
+                          "the same way for docker-compose 1.29 and Compose v2")
+    return f"'{text}'"
+
+
+def shell_word(value: Any) -> str:
+    """One shell word (POSIX sh and bash), quoted with shlex.quote."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise UnsafeValue(f"sh: not a string: {type(value).__name__}")
+    text = str(value)
+    if "\0" in text:
+        raise UnsafeValue("sh: a NUL byte cannot be quoted")
+    return shlex.quote(text)
 
 
 @dataclass
@@ -55,11 +123,13 @@ class RenderResult:
     entries: list[Entry]
     changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    host_changed: list[str] = field(default_factory=list)   # build/manifest.json, vagrant.json
+    warnings: list[str] = field(default_factory=list)
     secrets_generated: bool = False
 
     @property
     def unchanged(self) -> bool:
-        return not (self.changed or self.removed or self.secrets_generated)
+        return not (self.changed or self.removed or self.host_changed or self.secrets_generated)
 
 
 def _env() -> jinja2.Environment:
@@ -71,7 +141,10 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters["yaml_str"] = lambda v: json.dumps(str(v))  # JSON strings are valid YAML
+    env.filters["yaml"] = yaml_scalar
+    env.filters["compose"] = compose_scalar
+    env.filters["env"] = env_value
+    env.filters["sh"] = shell_word
     return env
 
 
@@ -106,11 +179,15 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
             when = f.get("when")
             if when and not env.compile_expression(when)(**ctx):
                 continue
-            dest = env.from_string(f["dest"]).render(**ctx)
             src = f"{service}/{f['src']}"
+            fmt = f.get("format", "")
             try:
+                dest = env.from_string(f["dest"]).render(**ctx)
                 text = env.get_template(src).render(**ctx)
             except jinja2.TemplateError as exc:
+                problems.append(f"templates/{src}: {exc}")
+                continue
+            except UnsafeValue as exc:
                 problems.append(f"templates/{src}: {exc}")
                 continue
             entry = Entry(path=dest, mode=str(f.get("mode", "0644")), owner=f.get("owner", "root"),
@@ -119,7 +196,8 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
                           validate=f.get("validate", "none"), section=f.get("section", section))
             data = text.encode()
             entry.sha256 = hashlib.sha256(data).hexdigest()
-            problems += _entry_problems(entry, text, secrets, seen)
+            problems += _entry_problems(entry, text, _uses_secrets(env, src), seen)
+            problems += _format_problems(entry, fmt, text)
             rendered.append((entry, data))
         for d in spec.get("dirs", []):
             dest = env.from_string(d["dest"]).render(**ctx)
@@ -127,7 +205,7 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
                           group=d.get("group", "root"), service=service, src="", reload="none",
                           kind="dir", section=d.get("section", section))
             entry.sha256 = hashlib.sha256(b"dir").hexdigest()
-            problems += _entry_problems(entry, "", secrets, seen)
+            problems += _entry_problems(entry, "", False, seen)
             rendered.append((entry, b""))
         for link in spec.get("links", []):
             when = link.get("when")
@@ -145,10 +223,54 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
     return rendered
 
 
-def _entry_problems(e: Entry, text: str, secrets, seen: dict) -> list[str]:
+DEST = re.compile(r"(?:/[A-Za-z0-9_.][A-Za-z0-9._-]*)+", re.ASCII)
+
+
+def _format_problems(e: Entry, fmt: str, text: str) -> list[str]:
+    """Checks of a rendered file by its format, in memory (the real programs run in the
+    tests and in converge): known format, no control characters, YAML that parses."""
+    if fmt not in FORMATS:
+        return [f"templates/{e.src}: format {fmt!r} unknown; one of {sorted(FORMATS)}"]
     out = []
-    if not e.path.startswith("/"):
-        out.append(f"templates/{e.src}: destination {e.path!r} is not absolute")
+    m = CONTROL.search(text)
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        out.append(f"templates/{e.src}: control character {m.group()!r} on line {line}")
+    if fmt in ("yaml", "compose"):
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            return [*out, f"templates/{e.src}: rendered YAML does not parse: {exc}"]
+        if not isinstance(doc, dict):
+            out.append(f"templates/{e.src}: rendered YAML is not a mapping")
+    return out
+
+
+def _uses_secrets(env: jinja2.Environment, src: str) -> bool:
+    """Whether template ``src`` (or a template it imports or includes) reads ``secrets``.
+
+    Decided from the template, not by looking for secret values in the output: a
+    user's secret may happen to equal a word of some file (a salt 'dehydrated')."""
+    assert env.loader is not None
+    seen: set[str] = set()
+    todo = [src]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        source = env.loader.get_source(env, name)[0]
+        ast = env.parse(source)
+        if "secrets" in jinja2.meta.find_undeclared_variables(ast):
+            return True
+        todo += [t for t in jinja2.meta.find_referenced_templates(ast) if t]
+    return False
+
+
+def _entry_problems(e: Entry, text: str, uses_secrets: bool, seen: dict) -> list[str]:
+    out = []
+    if not DEST.fullmatch(e.path) or "/../" in e.path + "/":
+        out.append(f"templates/{e.src}: destination {e.path!r} is not an absolute, safe path")
     if e.path in seen:
         out.append(f"templates/{e.src}: destination {e.path} also written by templates/{seen[e.path]}")
     seen[e.path] = e.src
@@ -156,7 +278,7 @@ def _entry_problems(e: Entry, text: str, secrets, seen: dict) -> list[str]:
         out.append(f"templates/{e.src}: reload {e.reload!r} unknown; one of {sorted(RELOADS)}")
     if e.validate not in VALIDATORS:
         out.append(f"templates/{e.src}: validate {e.validate!r} unknown; one of {sorted(VALIDATORS)}")
-    if any(v and v in text for v in secrets.values()) and int(e.mode, 8) & 0o077:
+    if uses_secrets and int(e.mode, 8) & 0o077:
         out.append(f"templates/{e.src}: holds a secret but has mode {e.mode}; must be 0600")
     if e.merge == "block" and not (MANAGED_BEGIN in text and MANAGED_END in text):
         out.append(f"templates/{e.src}: merge: block needs the managed_begin/managed_end markers")
@@ -194,12 +316,20 @@ def _write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
 
 def render_lab(paths: LabPaths, settings: Settings, rotate: bool = False,
                quiet: bool = False) -> RenderResult:
-    """Validate, render in memory, then write only what changed. Idempotent."""
+    """Validate, render in memory, then write only what changed. Idempotent.
+
+    Bad settings or secrets raise SettingsError, a template bug TemplateError,
+    both before anything is written (the secrets file's mode included).
+    """
     secrets, generated = secrets_mod.load_or_create(paths.secrets, rotate=rotate, dry_run=True)
     rendered = render_tree(settings, secrets, paths.lab_id)     # raises before any write
+    result = RenderResult(entries=[e for e, _ in rendered], secrets_generated=generated)
     if generated:
         secrets_mod.write(paths.secrets, secrets)
-    result = RenderResult(entries=[e for e, _ in rendered], secrets_generated=generated)
+    else:
+        warning = secrets_mod.mode_warning(paths.secrets)
+        if warning:
+            result.warnings.append(warning)
     root = paths.rendered
     wanted = set()
     for entry, data in rendered:
@@ -228,26 +358,33 @@ def render_lab(paths: LabPaths, settings: Settings, rotate: bool = False,
                 result.removed.append("/" + str(existing.relative_to(root)))
     manifest = json.dumps({"lab_id": paths.lab_id, "files": [asdict(e) for e in result.entries]},
                           indent=2, sort_keys=True) + "\n"
-    _write_if_changed(paths.manifest, manifest.encode())
+    if _write_if_changed(paths.manifest, manifest.encode()):
+        result.host_changed.append(str(paths.manifest))
     vj = json.dumps(vagrant_settings(settings, paths), indent=2, sort_keys=True) + "\n"
-    _write_if_changed(paths.vagrant_json, vj.encode())
+    if _write_if_changed(paths.vagrant_json, vj.encode()):
+        result.host_changed.append(str(paths.vagrant_json))
     if not quiet:
         _report(result, paths)
     return result
 
 
 def _report(result: RenderResult, paths: LabPaths) -> None:
+    for w in result.warnings:
+        warn(w)
     if result.secrets_generated:
-        info(f"secrets generated into {paths.secrets} (mode 0600; values not shown)")
+        info(f"secrets generated into {str(paths.secrets)} (mode 0600; values not shown)")
     if result.unchanged:
-        info(f"render: no change ({len(result.entries)} files up to date in {paths.rendered})")
+        info(f"render: no change ({len(result.entries)} files up to date in {str(paths.rendered)})")
         return
     for p in result.changed:
         info(f"  changed  {p}")
     for p in result.removed:
         info(f"  removed  {p}")
+    for p in result.host_changed:
+        info(f"  updated  {p}")
     info(f"render: {len(result.changed)} changed, {len(result.removed)} removed, "
-         f"{len(result.entries)} files in {paths.rendered}; manifest {paths.manifest}")
+         f"{len(result.entries)} files in {str(paths.rendered)}; "
+         f"manifest {str(paths.manifest)}")
 
 
 def load_manifest(paths: LabPaths) -> list[Entry]:
@@ -265,7 +402,8 @@ def settings_table(settings: Settings) -> Table:
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else k, v)
         else:
-            table.add_row(prefix, repr(value) if isinstance(value, str) and not value else str(value))
+            shown = repr(value) if isinstance(value, str) and not value else str(value)
+            table.add_row(Text(prefix), Text(shown))     # Text: never read as console markup
 
     walk("", settings.model_dump())
     return table

@@ -4,7 +4,12 @@ Flow: ``settings.defaults.yaml`` (shipped) <- ``settings.local.yaml`` (or the fi
 named by ENTE_LAB_SETTINGS) <- ``--set key.path=value`` options. The result is
 checked twice: by pydantic (types, unknown keys, single values) and by
 ``cross_checks`` (collisions, overlaps, membership). Every problem is reported
-at once as ``SettingsError``; nothing is written before validation passes.
+at once as ``SettingsError`` (with type errors present, the cross-key checks run
+on the other keys); nothing is written before validation passes.
+
+Each value is checked by its grammar (entelab/grammar.py). Input is bounded:
+files of at most 64 KiB of UTF-8, no YAML aliases, at most 20 problems listed;
+values in messages are shown literally (repr, shortened; printed with markup escaped).
 
 The lab's settings are deliberately not part of Invoke's configuration (no
 ``INVOKE_*`` environment variable or invoke.yaml key can reach them).
@@ -16,6 +21,7 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,38 +34,47 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import FIX_HINT, SettingsError  # noqa: F401 - SettingsError is part of this module's API
+from . import grammar as g
+from .errors import FIX_HINT, SettingsError
+
+__all__ = ["FIX_HINT", "Settings", "SettingsError", "load_settings", "is_email", "is_hostname",
+           "cross_checks", "parse_override", "read_yaml"]
 
 DEFAULTS_FILE = Path(__file__).with_name("settings.defaults.yaml")
 LOCAL_FILE_NAME = "settings.local.yaml"
 ENV_SETTINGS_FILE = "ENTE_LAB_SETTINGS"
-DOCKER_DEFAULT_BRIDGE = ipaddress.ip_network("172.17.0.0/16")
+DOCKER_DEFAULT_BRIDGE = ipaddress.IPv4Network("172.17.0.0/16")
 # Ports the lab's own services hold inside the VM (Apache, Postfix, dnsmasq, pebble).
 RESERVED_PORTS = {22: "ssh", 25: "smtp", 53: "dnsmasq", 80: "Apache http",
                   443: "Apache https", 587: "submission", 14000: "pebble ACME",
                   15000: "pebble management"}
+MAX_FILE_BYTES = 64 * 1024        # settings and secrets files, and one --set option
+MAX_PROBLEMS = 20                 # problems shown; the rest are counted
+MAX_MEMORY_MIB = 1024 * 1024      # when the host's memory cannot be read
 
-HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-UNIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@([A-Za-z0-9.-]+)$")
-OTT_ENTRY = re.compile(r"^(?P<email>[^,\s]+),(?P<code>\d{6})$")
-IMAGE_REF = re.compile(
-    r"^(?:[a-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
+is_hostname = g.is_dns_name
+is_email = g.is_email
 
 
+def capped(problems: list[str], limit: int = MAX_PROBLEMS, hidden: int = 0) -> list[str]:
+    """At most ``limit`` problems, then one line counting the rest (``hidden`` of them
+    were never described)."""
+    total = len(problems) + hidden
+    if total <= limit:
+        return problems
+    return [*problems[:limit], f"... and {total - limit} more problems (fix these first)"]
 
-def is_hostname(value: str) -> bool:
-    if not value or len(value) > 253 or value.endswith("."):
-        return False
-    labels = value.split(".")
-    return len(labels) >= 2 and all(HOST_LABEL.match(label) for label in labels)
 
-
-def is_email(value: str) -> bool:
-    m = EMAIL.match(value)
-    return m is not None and is_hostname(m.group(1).lower())
+def host_memory_mib() -> int:
+    """This host's memory in MiB (the upper bound of vm.memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return MAX_MEMORY_MIB
 
 
 # --------------------------------------------------------------------------- model
@@ -68,16 +83,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
 
 
-def _port(value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise ValueError("must be a TCP port between 1 and 65535")
-    return value
-
-
-def _unix_user(value: str) -> str:
-    if not UNIX_NAME.match(value):
-        raise ValueError("must be a system user name (lower case, digits, '_', '-')")
-    return value
+def _v(*fields: str, grammar):
+    """A field validator applying one grammar function to ``fields``."""
+    return field_validator(*fields)(classmethod(lambda cls, v: grammar(v)))
 
 
 class Ports(_Section):
@@ -87,7 +95,7 @@ class Ports(_Section):
     minio_console: int
     postgres: int
 
-    _check = field_validator("*")(classmethod(lambda cls, v: _port(v)))
+    _check = _v("*", grammar=g.port)
 
 
 class Docker(_Section):
@@ -97,56 +105,23 @@ class Docker(_Section):
     gateway: str
     museum_ip: str
 
-    @field_validator("network")
-    @classmethod
-    def _network(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", v):
-            raise ValueError("must be a Docker network name (letters, digits, '_', '.', '-')")
-        return v
-
-    @field_validator("subnet", "ip_range")
-    @classmethod
-    def _net(cls, v: str) -> str:
-        try:
-            net = ipaddress.ip_network(v, strict=True)
-        except ValueError as exc:
-            raise ValueError(f"must be an IPv4 network in CIDR form like 172.21.0.0/16 ({exc})") from None
-        if net.version != 4:
-            raise ValueError("must be an IPv4 network in CIDR form like 172.21.0.0/16")
-        return v
-
-    @field_validator("gateway", "museum_ip")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        try:
-            ipaddress.IPv4Address(v)
-        except ValueError:
-            raise ValueError("must be an IPv4 address like 172.21.0.5") from None
-        return v
+    _network = _v("network", grammar=g.docker_network)
+    _net = _v("subnet", "ip_range", grammar=g.cidr)
+    _ip = _v("gateway", "museum_ip", grammar=g.ipv4)
 
 
 class Paths(_Section):
     compose_dir: str
     data_dir: str
 
-    @field_validator("*")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        if not v.startswith("/") or "/../" in v + "/" or "//" in v:
-            raise ValueError("must be an absolute, normalised path like /opt/dockerfiles/ente")
-        return v.rstrip("/") or "/"
+    _path = _v("*", grammar=g.abs_path)
 
 
 class Db(_Section):
     name: str
     user: str
 
-    @field_validator("*")
-    @classmethod
-    def _ident(cls, v: str) -> str:
-        if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", v):
-            raise ValueError("must be a PostgreSQL identifier (lower case, digits, '_')")
-        return v
+    _ident = _v("*", grammar=g.pg_identifier)
 
 
 class Smtp(_Section):
@@ -156,16 +131,14 @@ class Smtp(_Section):
     sender_name: str
     encryption: Literal["", "tls", "ssl"]
 
-    _p = field_validator("port")(classmethod(lambda cls, v: _port(v)))
-
-    _u = field_validator("username")(classmethod(lambda cls, v: _unix_user(v)))
+    _p = _v("port", grammar=g.port)
+    _u = _v("username", grammar=g.account)
+    _s = _v("sender_name", grammar=g.sender_name)
 
     @field_validator("email")
     @classmethod
     def _email(cls, v: str) -> str:
-        if v and not is_email(v):
-            raise ValueError("must be an e-mail address like verification@darkstar.lan (or empty)")
-        return v
+        return v and g.email(v)
 
 
 class Images(_Section):
@@ -177,12 +150,7 @@ class Images(_Section):
     auth_web: str
     cli: str
 
-    @field_validator("*")
-    @classmethod
-    def _ref(cls, v: str) -> str:
-        if not IMAGE_REF.match(v):
-            raise ValueError("must be an image reference like ghcr.io/ente/server:latest")
-        return v
+    _ref = _v("*", grammar=g.image_ref)
 
 
 class Acme(_Section):
@@ -190,21 +158,13 @@ class Acme(_Section):
     ca: str
     contact: str
 
-    _u = field_validator("user")(classmethod(lambda cls, v: _unix_user(v)))
-
-    @field_validator("ca")
-    @classmethod
-    def _ca(cls, v: str) -> str:
-        if not re.match(r"^https://[^/\s]+/\S*$", v):
-            raise ValueError("must be an https:// ACME directory URL")
-        return v
+    _u = _v("user", grammar=g.account)
+    _ca = _v("ca", grammar=g.https_url)
 
     @field_validator("contact")
     @classmethod
     def _contact(cls, v: str) -> str:
-        if v and not is_email(v):
-            raise ValueError("must be an e-mail address (or empty)")
-        return v
+        return v and g.email(v)
 
 
 class Vm(_Section):
@@ -215,18 +175,17 @@ class Vm(_Section):
     provider: Literal["libvirt", "virtualbox"]
     management_network: str
 
-    @field_validator("hostname")
-    @classmethod
-    def _hostname(cls, v: str) -> str:
-        if not HOST_LABEL.match(v):
-            raise ValueError("must be a single host name label like darkstar")
-        return v
+    _hostname = _v("hostname", grammar=g.host_label)
+    _net = _v("management_network", grammar=g.cidr)
 
     @field_validator("memory")
     @classmethod
     def _memory(cls, v: int) -> int:
         if v < 2048:
             raise ValueError("must be at least 2048 (MiB): Docker, PostgreSQL and Postfix share the VM")
+        top = host_memory_mib()
+        if v > top:
+            raise ValueError(f"must be at most this host's memory, {top} (MiB)")
         return v
 
     @field_validator("cpus")
@@ -236,8 +195,6 @@ class Vm(_Section):
         if not 1 <= v <= cores:
             raise ValueError(f"must be between 1 and this host's {cores} cores")
         return v
-
-    _net = field_validator("management_network")(Docker._net.__func__)  # type: ignore[attr-defined]
 
 
 class Settings(_Section):
@@ -251,8 +208,8 @@ class Settings(_Section):
     paths: Paths
     db: Db
     smtp: Smtp
-    ott: list[str] = Field(default_factory=list)
-    admins: list[int] = Field(default_factory=list)
+    ott: list[str] = Field(default_factory=list, max_length=100)
+    admins: list[int] = Field(default_factory=list, max_length=100)
     images: Images
     acme: Acme
     vm: Vm
@@ -262,25 +219,26 @@ class Settings(_Section):
     def _host(cls, v: str, info) -> str:
         if info.field_name != "domain" and v == "":
             return v
-        if v != v.lower() or not is_hostname(v):
-            raise ValueError("must be a lower-case DNS name with at least two labels, like darkstar.lan")
-        return v
+        return g.dns_name(v)
 
     @field_validator("ott")
     @classmethod
     def _ott(cls, v: list[str]) -> list[str]:
         for i, entry in enumerate(v):
-            m = OTT_ENTRY.match(entry)
-            if not m or not is_email(m.group("email")):
-                raise ValueError(f"entry {i} ({entry!r}) must be 'email,6 digits' like 'me@home.lan,305719'")
+            try:
+                g.ott_entry(entry)
+            except ValueError:
+                raise ValueError(f"entry {i} ({g.show(entry)}) must be 'email,6 digits' "
+                                 "like 'me@home.lan,305719'") from None
         return v
 
     @field_validator("admins")
     @classmethod
     def _admins(cls, v: list[int]) -> list[int]:
         for i, uid in enumerate(v):
-            if uid <= 0:
-                raise ValueError(f"entry {i} ({uid}) must be a positive Ente account id")
+            if not 1 <= uid <= g.INT64_MAX:
+                raise ValueError(f"entry {i} ({g.show(uid)}) must be a positive Ente account id "
+                                 f"(1 .. {g.INT64_MAX})")
         return v
 
     # ---- derived values (the article's names) ----
@@ -311,13 +269,94 @@ class Settings(_Section):
 
 # --------------------------------------------------------------------------- loading
 
-def _yaml_file(path: Path) -> dict:
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (``*name``: no alias bombs, no shared nodes) and
+    a key given twice in one mapping (YAML would silently keep the last)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed here", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    if key_node.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key_node.value[:40]!r} given twice",
+                            key_node.start_mark)
+                    seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML with the lab's loader (safe, no aliases). Raises yaml.YAMLError."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
+def read_yaml(path: Path, what: str = "settings", fix: str = "") -> Any:
+    """Read a small YAML file of the lab's (settings or secrets) defensively.
+
+    Refused with ``SettingsError``: not a regular file (a directory, a FIFO),
+    unreadable, larger than 64 KiB, not UTF-8, not valid YAML, aliases. An
+    empty file is ``None``.
+    """
+    fix = fix or "fix it or delete it"
+    where = str(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SettingsError([f"{where}: cannot read it ({exc.strerror}); {fix}"]) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise SettingsError([f"{where}: is {kind}; the {what} file must be a YAML file ({fix})"])
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SettingsError([f"{where}: cannot read it ({exc.strerror}); {fix}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SettingsError([f"{where}: larger than {MAX_FILE_BYTES // 1024} KiB; a {what} file "
+                             f"is a few lines ({fix})"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError([f"{where}: not UTF-8 text (byte {exc.start}); save it as UTF-8 "
+                             f"({fix})"]) from None
+    try:
+        return load_yaml_text(text)
     except yaml.YAMLError as exc:
-        raise SettingsError([f"{path}: not valid YAML ({exc})"]) from None
+        raise SettingsError([f"{where}: not valid YAML: {yaml_problem(exc)} ({fix})"]) from None
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without the snippet of the file PyYAML would quote
+    (in the secrets file that line holds a secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        text = " ".join(p for p in (exc.context, exc.problem) if p)
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            text += f" (line {mark.line + 1}, column {mark.column + 1})"
+    else:
+        text = str(exc)
+    text = " ".join(text.split())
+    return (text if len(text) <= 200 else text[:197] + "...")
+
+
+def _yaml_file(path: Path) -> dict:
+    data = read_yaml(path)
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise SettingsError([f"{path}: must be a mapping of settings, got {type(data).__name__}"])
+        raise SettingsError([f"{str(path)}: must be a mapping of settings (key: value lines), "
+                             f"got {type(data).__name__} {g.show(data)}"])
     return data
 
 
@@ -331,17 +370,26 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+KEY_PATH = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*", re.ASCII)
+
+
 def parse_override(text: str) -> dict:
     """``vm.memory=6144`` -> {"vm": {"memory": 6144}} (value parsed as YAML)."""
+    if len(text) > MAX_FILE_BYTES:
+        raise SettingsError([f"--set {g.show(text)}: longer than {MAX_FILE_BYTES // 1024} KiB"])
     if "=" not in text:
-        raise SettingsError([f"--set {text!r}: must be KEY=VALUE like vm.memory=6144"])
+        raise SettingsError([f"--set {g.show(text)}: must be KEY=VALUE like vm.memory=6144"])
     key, raw = text.split("=", 1)
+    key = key.strip()
+    if not KEY_PATH.fullmatch(key):
+        raise SettingsError([f"--set {g.show(text)}: the key must be a dotted settings key "
+                             "like vm.memory"])
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml_text(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     out: Any = value
-    for part in reversed(key.strip().split(".")):
+    for part in reversed(key.split(".")):
         out = {part: out}
     return out
 
@@ -358,12 +406,12 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 
 def _describe(err: Any) -> str:
     loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc)
+    key = show_key(".".join(str(p) for p in loc))
     value = err.get("input")
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         known = list(parent.model_fields) if parent else []
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        close = difflib.get_close_matches(str(loc[-1])[:80], known, n=1)
         hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{key}: unknown setting{hint} (known here: {', '.join(known)})"
     if err["type"] == "missing":
@@ -373,7 +421,13 @@ def _describe(err: Any) -> str:
         msg = msg[len("Value error, "):]
     elif err["type"].endswith("_type") or err["type"] in ("int_parsing",):
         msg = f"wrong type: {msg.lower()}"
-    return f"{key} = {value!r}: {msg}"
+    else:
+        msg = msg
+    return f"{key} = {g.show(value)}: {msg}"
+
+
+def show_key(key: str) -> str:
+    return g.show_key(key)
 
 
 def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
@@ -383,9 +437,9 @@ def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
     d = s.docker
     subnet = ipaddress.IPv4Network(d.subnet)
     ip_range = ipaddress.IPv4Network(d.ip_range)
-    gateway = ipaddress.ip_address(d.gateway)
-    museum = ipaddress.ip_address(d.museum_ip)
-    mgmt = ipaddress.ip_network(s.vm.management_network)
+    gateway = ipaddress.IPv4Address(d.gateway)
+    museum = ipaddress.IPv4Address(d.museum_ip)
+    mgmt = ipaddress.IPv4Network(s.vm.management_network)
 
     # ports: distinct, and not one the lab's own services hold
     seen: dict[int, str] = {}
@@ -421,43 +475,110 @@ def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
                         "Docker may hand it to another container first (the article does this); "
                         "an address outside the ip-range is safer")
 
-    # host names: distinct
+    # host names: valid once derived from the domain, and distinct
     names = {"domain": s.domain, "api_host": s.api_host, "web_host": s.web_host,
              "mail_host": s.mail_host}
+    for key in ("api_host", "web_host", "mail_host"):
+        if not g.is_dns_name(names[key]):
+            errors.append(f"{key} = {g.show(names[key])} (derived from domain): not a valid DNS "
+                          "name (too long); set a shorter domain or set it explicitly")
+    fqdn = f"{s.vm.hostname}.{s.domain}"
+    if not g.is_dns_name(fqdn):
+        errors.append(f"vm.hostname = {g.show(s.vm.hostname)}: {g.show(fqdn)} is too long for a DNS "
+                      "name (253 characters); choose a shorter vm.hostname or domain")
+    for key, value in (("smtp.email", s.smtp.email), ("acme.contact", s.acme.contact)):
+        if not g.is_email(value):
+            errors.append(f"{key} = {g.show(value)} (derived from domain): not a valid e-mail "
+                          "address (too long); set a shorter domain or set it explicitly")
     for a, b in (("api_host", "web_host"), ("api_host", "mail_host"), ("web_host", "mail_host")):
         if names[a] == names[b]:
-            errors.append(f"{b} = {names[b]!r}: same as {a}; each service needs its own name")
+            errors.append(f"{b} = {g.show(names[b])}: same as {a}; each service needs its own name")
     if s.smtp.encryption == "" and s.smtp.port == 465:
         errors.append("smtp.port = 465: port 465 is implicit TLS; set smtp.encryption to tls "
                       "or use port 587 (STARTTLS)")
     if s.smtp.username == s.acme.user:
-        errors.append(f"smtp.username = {s.smtp.username!r}: same as acme.user; they are separate accounts")
-    emails = [e for e, _ in s.ott_pairs]
+        errors.append(f"smtp.username = {g.show(s.smtp.username)}: same as acme.user; "
+                      "they are separate accounts")
+    if s.paths.compose_dir == s.paths.data_dir:
+        errors.append(f"paths.data_dir = {g.show(s.paths.data_dir)}: same as paths.compose_dir; "
+                      "keep the data apart from the compose files")
+    # e-mail addresses are case-insensitive: Me@home.lan and me@home.lan are one address
+    emails = [e.lower() for e, _ in s.ott_pairs]
     dupes = sorted({e for e in emails if emails.count(e) > 1})
     if dupes:
-        errors.append(f"ott: {', '.join(dupes)} listed more than once; one code per address")
+        errors.append(f"ott: {(', '.join(dupes))} listed more than once (e-mail addresses "
+                      "are compared ignoring case); one code per address")
     return errors, warnings
+
+
+def _bad_keys(errors: list[Any]) -> set[str]:
+    """The settings keys (top level, or section.key) that failed pydantic's checks."""
+    keys = set()
+    for err in errors:
+        loc = [str(p) for p in err["loc"]]
+        sectioned = len(loc) > 1 and _model_at(tuple(err["loc"][:1])) is not None
+        keys.add(".".join(loc[:2] if sectioned else loc[:1]))
+    return keys
+
+
+def _without(data: dict, keys: set[str], defaults: dict) -> dict:
+    """``data`` with each bad key put back to its default (or dropped when unknown)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key in keys:
+        parts = key.split(".")
+        parent, dparent = out, defaults
+        for part in parts[:-1]:
+            if not isinstance(parent.get(part), dict):
+                parent[part] = dict(dparent.get(part) or {})
+            parent, dparent = parent[part], dparent.get(part) or {}
+        if parts[-1] in dparent:
+            parent[parts[-1]] = dparent[parts[-1]]
+        else:
+            parent.pop(parts[-1], None)
+    return out
+
+
+def _mentions(message: str, keys: set[str]) -> bool:
+    return any(re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message) for k in keys)
+
+
+def validate(data: dict, defaults: dict) -> tuple[Settings, list[str]]:
+    """Check ``data`` (types, grammars, then cross-key checks). Every problem is reported
+    at once: with type errors present, the cross-key checks still run on the other keys."""
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        errs = exc.errors(include_url=False, include_context=False)
+        problems = [_describe(e) for e in errs[:MAX_PROBLEMS]]
+        hidden = len(errs) - len(problems)                   # counted, not described
+        bad = _bad_keys(errs) if len(errs) <= 1000 else set()
+        if bad:
+            try:
+                rest = Settings.model_validate(_without(data, bad, defaults))
+            except ValidationError:
+                rest = None
+            if rest is not None:
+                problems += [m for m in cross_checks(rest)[0] if not _mentions(m, bad)]
+        raise SettingsError(capped(problems, hidden=hidden)) from None
+    errors, warnings = cross_checks(settings)
+    if errors:
+        raise SettingsError(capped(errors))
+    return settings, warnings
 
 
 def load_settings(root: Path, overrides: list[str] | tuple[str, ...] = (),
                   local_file: Path | None = None) -> tuple[Settings, list[str]]:
     """Build the settings for a checkout. Returns (settings, warnings)."""
-    data = _yaml_file(DEFAULTS_FILE)
+    defaults = _yaml_file(DEFAULTS_FILE)
+    data = defaults
     if local_file is None:
         env = os.environ.get(ENV_SETTINGS_FILE)
         local_file = Path(env) if env else root / LOCAL_FILE_NAME
-        if env and not local_file.is_file():
-            raise SettingsError([f"{ENV_SETTINGS_FILE}={env}: no such file; "
+        if env and not (local_file.exists() or local_file.is_symlink()):
+            raise SettingsError([f"{ENV_SETTINGS_FILE}={g.show(env)}: no such file; "
                                  "unset it or point it at a settings YAML file"])
-    if local_file.is_file():
+    if local_file.exists() or local_file.is_symlink():
         data = _merge(data, _yaml_file(local_file))
     for text in overrides:
         data = _merge(data, parse_override(text))
-    try:
-        settings = Settings.model_validate(data)
-    except ValidationError as exc:
-        raise SettingsError([_describe(e) for e in exc.errors()]) from None
-    errors, warnings = cross_checks(settings)
-    if errors:
-        raise SettingsError(errors)
-    return settings, warnings
+    return validate(data, defaults)

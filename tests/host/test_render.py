@@ -74,7 +74,7 @@ def _fake_templates(tmp_path, monkeypatch, spec, body):
 def test_secret_in_world_readable_file_is_refused(lab, tmp_path, monkeypatch):
     root, paths = lab
     _fake_templates(tmp_path, monkeypatch,
-                    "files:\n  - {src: f.j2, dest: /etc/x.conf, mode: '0644'}\n",
+                    "files:\n  - {src: f.j2, format: lines, dest: /etc/x.conf, mode: '0644'}\n",
                     "password={{ secrets.db_password }}\n")
     with pytest.raises(TemplateError, match="holds a secret but has mode 0644; must be 0600"):
         render.render_lab(paths, load_settings(root)[0], quiet=True)
@@ -83,7 +83,7 @@ def test_secret_in_world_readable_file_is_refused(lab, tmp_path, monkeypatch):
 
 def test_undefined_variable_fails_before_writing(lab, tmp_path, monkeypatch):
     root, paths = lab
-    _fake_templates(tmp_path, monkeypatch, "files:\n  - {src: f.j2, dest: /etc/x.conf}\n",
+    _fake_templates(tmp_path, monkeypatch, "files:\n  - {src: f.j2, format: lines, dest: /etc/x.conf}\n",
                     "{{ s.no_such_key }}\n")
     with pytest.raises(TemplateError, match="templates/svc/f.j2: .*no_such_key"):
         render.render_lab(paths, load_settings(root)[0], quiet=True)
@@ -93,7 +93,7 @@ def test_undefined_variable_fails_before_writing(lab, tmp_path, monkeypatch):
 def test_secret_file_private_in_build(lab, tmp_path, monkeypatch):
     root, paths = lab
     _fake_templates(tmp_path, monkeypatch,
-                    "files:\n  - {src: f.j2, dest: /etc/x.conf, mode: '0600'}\n",
+                    "files:\n  - {src: f.j2, format: lines, dest: /etc/x.conf, mode: '0600'}\n",
                     "password={{ secrets.db_password }}\n")
     render.render_lab(paths, load_settings(root)[0], quiet=True)
     f = paths.rendered / "etc/x.conf"
@@ -108,3 +108,25 @@ def test_render_output_never_prints_secrets(lab, capsys):
     from entelab import secrets as sm
     s, _ = sm.load_or_create(paths.secrets)
     assert not any(v in out for v in s.values())
+
+
+def test_vagrant_json_change_is_not_reported_as_no_change(lab, capsys):
+    root, paths = lab
+    render.render_lab(paths, load_settings(root)[0], quiet=True)
+    capsys.readouterr()
+    result = render.render_lab(paths, load_settings(root, ["vm.memory=3072"])[0])
+    out = capsys.readouterr().out
+    assert not result.unchanged and result.changed == []
+    assert result.host_changed == [str(paths.vagrant_json)]
+    assert "render: no change" not in out and "render: 0 changed" in out
+    assert f"updated{paths.vagrant_json}" in "".join(out.split())      # rich may wrap it
+    assert json.loads(paths.vagrant_json.read_text())["memory"] == 3072
+
+
+def test_settings_table_shows_values_literally(tmp_path):
+    from rich.console import Console
+    s, _ = load_settings(tmp_path, local_file=tmp_path / "none.yaml")
+    s.smtp.sender_name = "[red]x[/b]"          # as if a grammar let it through
+    console = Console(record=True, width=200)
+    console.print(render.settings_table(s))
+    assert "[red]x[/b]" in console.export_text()

@@ -57,8 +57,16 @@ def test_never_shown(tmp_path):
 
 def test_sasl_hash_is_stable_crypt(tmp_path):
     s, _ = sm.load_or_create(tmp_path / "s.yaml")
-    from passlib.hash import sha512_crypt
-    assert s.sasl_password_hash == s.sasl_password_hash
-    assert s.sasl_password_hash.startswith("$6$")
-    assert sha512_crypt.verify(s.sasl_password, s.sasl_password_hash)
-    assert not sha512_crypt.verify(s.sasl_password + "x", s.sasl_password_hash)
+    h = s.sasl_password_hash
+    assert h == s.sasl_password_hash
+    assert h.startswith(f"$6${s.sasl_salt}$") and len(h.split("$")[3]) == 86
+    sm.sha512_crypt.cache_clear()
+    assert sm.sha512_crypt(s.sasl_password, s.sasl_salt) == h          # stable, not cached
+    assert sm.sha512_crypt(s.sasl_password + "x", s.sasl_salt) != h
+
+
+def test_sasl_hash_matches_the_crypt_reference_vector():
+    """The SHA-crypt specification's test vector (rounds 5000, the default)."""
+    assert sm.openssl_sha512_crypt("Hello world!", "saltstring") == (
+        "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdF"
+        "CoEOfaS35inz1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,7 @@ def test_local_file_unknown_key_and_bad_yaml(checkout):
     msg = attempt(checkout, local="vm: [unclosed\n")
     assert "settings.local.yaml: not valid YAML" in msg
     msg = attempt(checkout, local="- a list\n")
-    assert "must be a mapping of settings, got list" in msg
+    assert "must be a mapping of settings (key: value lines), got list" in msg
 
 
 def test_all_problems_reported_at_once(checkout):
@@ -162,7 +163,7 @@ def test_invoke_env_cannot_reach_lab_settings(tmp_path, monkeypatch):
 
 def test_cli_exit_code_and_message():
     """The real task: a bad value exits 2, names the key and the fix."""
-    proc = subprocess.run([str(REPO / ".venv/bin/invoke"), "lab.render", "--set", "ports.postgres=70000"],
+    proc = subprocess.run([sys.executable, "-m", "invoke", "lab.render", "--set", "ports.postgres=70000"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
     out = " ".join((proc.stdout + proc.stderr).split())

@@ -82,7 +82,7 @@ def test_compose_facts(rendered):
     assert f"{s.paths.data_dir}/postgres-data" in text
     assert "ente-museum.ente.lan" in text
     # published ports are loopback only
-    for port in re.findall(r"^\s+- (\S+:\d+:\d+)", text, re.M):
+    for port in re.findall(r"^\s+- \"?(\S+:\d+:\d+)", text, re.M):
         assert port.startswith("127.0.0.1:"), port
 
 
@@ -118,7 +118,7 @@ def test_museum_yaml_ott_and_admins(tmp_path, lab_secrets):
     # quoted: a leading zero must not turn the code into an octal number
     assert m["internal"]["hardcoded-ott"]["emails"] == ["me@home.lan,012345", "friend@foo.org,987654"]
     assert m["internal"]["admins"] == [5551234567654321]
-    assert 'ENTE_HARDCODED_OTT_EMAIL="me@home.lan,012345 friend@foo.org,987654"' in tree.text(f"{D}/.env")
+    assert "ENTE_HARDCODED_OTT_EMAIL='me@home.lan,012345 friend@foo.org,987654'" in tree.text(f"{D}/.env")
 
 
 def test_minio_provision_script(rendered):

@@ -3,7 +3,7 @@ documented in templates/users/NOTES.md, and the values."""
 
 from __future__ import annotations
 
-from passlib.hash import sha512_crypt
+from entelab.secrets import sha512_crypt
 
 
 def records(tree):
@@ -25,7 +25,7 @@ def test_users_conf(rendered):
     v = users[s.smtp.username]
     # useradd -c "Ente Verification" -m -g users -s /bin/false verification
     assert v[2:8] == ["Ente Verification", "users", "/home/verification", "/bin/false", "yes", "no"]
-    assert sha512_crypt.verify(sec.sasl_password, v[8])
+    assert v[8] == sha512_crypt(sec.sasl_password, sec.sasl_salt) and v[8].startswith("$6$")
     assert sec.sasl_password not in rendered.text("/etc/ente-lab/users.conf")
     a = users[s.acme.user]
     assert a[4] == "/var/lib/dehydrated" and a[7] == "yes" and a[8] == "!"
