@@ -114,3 +114,41 @@ def tests(which="all", k="", keep=False):
     rc = testrun.run(_paths(), which=which, k=k, keep=keep)
     if rc:
         raise StageFailed(f"tests failed (pytest exit {rc})")
+
+
+# ------------------------------------------------------------ snapshots / suspend (issue 11)
+def _snap(verb: str, **kwargs) -> None:
+    """Run a verb of entelab.snapshot; a LabError outside a stage is a message, not a traceback."""
+    from . import snapshot as sn
+    from .errors import LabError
+    try:
+        getattr(sn, verb)(_paths(), **kwargs)
+    except LabError as exc:
+        console.print(f"[bold red]{exc.label}:[/] {exc.message}", markup=True, highlight=False)
+        if exc.hint:
+            console.print(f"[yellow]next:[/] {exc.hint}", markup=True, highlight=False)
+        sys.exit(exc.exit_code)
+
+
+def snapshot(name):
+    _snap("snapshot", name=name)
+
+
+def restore_snapshot(name):
+    _snap("restore", name=name)
+
+
+def snapshots():
+    _snap("show")
+
+
+def forget(name):
+    _snap("forget", name=name)
+
+
+def suspend():
+    _snap("suspend")
+
+
+def resume():
+    _snap("resume")
