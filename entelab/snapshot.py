@@ -59,6 +59,7 @@ GUEST_ROOT = "/etc/ente-lab/acme-root.pem"
 HOST_ROOT_NAME = "acme-root.pem"
 MAX_CLOCK_SKEW = 2.0      # seconds; after recover the guest must be this close to the host
 LIST_HINT = "./labctl lab.snapshots"
+RELEASE = "_ente-lab-release"   # forget()'s throwaway snapshot; outside the name grammar
 
 
 class BadInput(LabError):
@@ -419,10 +420,22 @@ def forget(paths: LabPaths, name: str) -> int:
     _require_snapshot(paths, name)
     vol = volume_path(paths)
     before = allocated(vol)
+    memory = vm_state_sizes(vol).get(name, 0)
     with step(f"forget {name}: delete the snapshot (virsh snapshot-delete)",
               hint=f"virsh -c {hostrun.LIBVIRT_URI} snapshot-list {domain(paths)}"):
         _virsh("snapshot-delete", domain(paths), name)
     freed = max(0, before - allocated(vol))
+    if freed < memory // 2 and dominfo(paths).get("state") == "running":
+        # After a restore (QEMU's loadvm) the running disk's L1 table still points
+        # at the snapshot's memory image, so deleting the snapshot frees nothing.
+        # Saving a snapshot discards that area from the running disk (qcow2 does
+        # it after every savevm): save a throwaway one and delete it.
+        with step(f"forget {name}: release its memory image still referenced since a restore",
+                  hint=f"qemu-img info -U {vol}"):
+            _virsh("snapshot-create-as", domain(paths), "--name", RELEASE,
+                   "--description", "ente-lab: releases a restored memory image")
+            _virsh("snapshot-delete", domain(paths), RELEASE)
+        freed = max(0, before - allocated(vol))
     ledger = _ledger(paths)
     ledger.pop(name, None)
     _save_ledger(paths, ledger)
