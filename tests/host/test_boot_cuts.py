@@ -1,4 +1,4 @@
-"""rc.pebble's trust-store swap (issue 11: the boot no longer runs a full
+"""Boot cuts (issue 11). rc.pebble's trust-store swap (the boot no longer runs a full
 update-ca-certificates). Run natively against a temporary trust store: after a
 start the root is in the bundle once, with its <name>.pem and hash links; after a
 restart (new root) the old root is gone from the bundle and its hash link too, and
@@ -80,3 +80,40 @@ def test_restart_swaps_the_root_in_the_trust_store(pubtmp: Path):  # noqa: F811
             assert v.returncode == 0, v.stdout + v.stderr
     finally:
         rc("rc.pebble", "stop", env)
+
+
+def test_rc_m_starts_docker_alongside_the_acme_refresh(tmp_path: Path):
+    """The boot's ACME refresh and dockerd's start overlap (issue 11): each logs a
+    begin, sleeps, logs an end; overlapping means each began before the other ended."""
+    import os
+    import shutil
+
+    from test_rc_scripts import RC_D, SERVICES
+    d = tmp_path / "rc.d"
+    d.mkdir()
+    log = tmp_path / "calls.log"
+    for s in SERVICES:
+        body = f'echo "{s} $1" >> {log}\n'
+        if s == "docker":
+            body = f'echo "docker begin" >> {log}; sleep 1; echo "docker end" >> {log}\n'
+        (d / f"rc.{s}").write_text("#!/bin/sh\n" + body)
+        (d / f"rc.{s}").chmod(0o755)
+    refresh = tmp_path / "refresh"
+    refresh.write_text(f'#!/bin/sh\necho "refresh begin" >> {log}; sleep 1; echo "refresh end" >> {log}\n')
+    refresh.chmod(0o755)
+    shutil.copy(RC_D / "rc.M", d / "rc.M")
+    env = {**os.environ, "RC_DIR": str(d), "ACME_REFRESH": str(refresh)}
+    r = subprocess.run([str(d / "rc.M"), "start"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "all enabled services started" in r.stdout
+    calls = log.read_text().splitlines()
+    assert calls[:5] == [f"{s} start" for s in ("dnsmasq", "saslauthd", "postfix", "pebble", "httpd")]
+    pos = {c: i for i, c in enumerate(calls)}
+    assert pos["docker begin"] < pos["refresh end"] and pos["refresh begin"] < pos["docker end"]
+    # empty RC_BACKGROUND: strictly in order, refresh last
+    log.unlink()
+    r = subprocess.run([str(d / "rc.M"), "start"], env={**env, "RC_BACKGROUND": ""},
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().splitlines()[-4:] == ["docker begin", "docker end", "refresh begin",
+                                                 "refresh end"]
