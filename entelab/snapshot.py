@@ -448,7 +448,7 @@ def show(paths: LabPaths) -> list[Snapshot]:
     snaps = list_snapshots(paths)
     vol = volume_path(paths)
     table = Table(title=f"snapshots of {domain(paths)} ({len(snaps)} of {max_snapshots()})")
-    for col in ("name", "taken", "state", "memory state", "disk when taken"):
+    for col in ("name", "taken", "state", "memory state", "volume grew by when taken"):
         table.add_column(col)
     for s in snaps:
         table.add_row(s.name, s.created, s.state, mib(s.memory),
