@@ -117,3 +117,71 @@ def test_rc_m_starts_docker_alongside_the_acme_refresh(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     assert log.read_text().splitlines()[-4:] == ["docker begin", "docker end", "refresh begin",
                                                  "refresh end"]
+
+
+REFRESH = Path(__file__).resolve().parents[2] / "provision/guest/overlay/usr/local/sbin/ente-lab-acme-refresh"
+
+
+@needs_root
+def test_refresh_after_a_pebble_restart_keeps_the_account_key(pubtmp: Path):  # noqa: F811
+    """Real pebble and dehydrated, natively: the refresh after a pebble restart
+    registers the *same* account key again (no new 4096-bit key at every boot), and
+    the new registration works (dehydrated --account talks to the account URL)."""
+    import os
+    need("/usr/bin/pebble", "dehydrated", "openssl", "curl", "sudo")
+    pebble = {
+        "PEBBLE_DIR": str(pubtmp / "etc-pebble"),
+        "PEBBLE_LISTEN": f"127.0.0.1:{free_port()}",
+        "PEBBLE_MGMT": f"127.0.0.1:{free_port()}",
+        "PEBBLE_PIDFILE": str(pubtmp / "pebble.pid"),
+        "PEBBLE_LOG": str(pubtmp / "pebble.log"),
+        "ENTE_LAB_DIR": str(pubtmp / "ente-lab"),
+        "PEBBLE_MARKER": str(pubtmp / "run" / "pebble.started"),
+        "PEBBLE_TRUST_CRT": "",
+        "PEBBLE_DEFAULTS": "/nonexistent",
+    }
+    base = pubtmp / "dehydrated"
+    base.mkdir()
+    (base / "domains.txt").write_text("")
+    config = base / "config"
+    config.write_text(f'CA="https://{pebble["PEBBLE_LISTEN"]}/dir"\n'
+                      f'CURL_OPTS="--cacert {pubtmp}/etc-pebble/tls/ca.pem"\n'
+                      f'BASEDIR="{base}"\nDOMAINS_TXT="{base}/domains.txt"\n'
+                      f'WELLKNOWN="{pubtmp}/wk"\nCHALLENGETYPE="http-01"\nKEYSIZE="2048"\n')
+    conf = pubtmp / "acme.conf"
+    conf.write_text(f"ACME_USER=root\nBASEDIR={base}\nWELLKNOWN={pubtmp}/wk\n"
+                    f"CHAINCACHE={pubtmp}/chains\nSTATEDIR={pubtmp}/state\n")
+    env = {**os.environ, "ACME_CONF": str(conf), "PEBBLE_MARKER": pebble["PEBBLE_MARKER"],
+           "ACME_REFRESH_LOCK": str(pubtmp / "refresh.lock")}
+
+    def refresh():
+        r = subprocess.run([str(REFRESH)], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout + r.stderr
+
+    def account_files():
+        keys = list((base / "accounts").glob("*/account_key.pem"))
+        assert len(keys) == 1, list((base / "accounts").rglob("*"))
+        d = keys[0].parent
+        return (keys[0].read_text(), (d / "registration_info.json").read_text(),
+                (d / "account_id.json").read_text(), sorted(p.name for p in d.iterdir()))
+
+    try:
+        assert rc("rc.pebble", "start", pebble).returncode == 0
+        out = refresh()
+        assert "registering root again" in out and "keeping the account key" not in out
+        key1, reg1, id1, names1 = account_files()
+        time.sleep(1.1)
+        assert rc("rc.pebble", "restart", pebble).returncode == 0
+        out = refresh()
+        assert "keeping the account key" in out and "Generating account key" not in out
+        key2, reg2, id2, names2 = account_files()
+        assert key2 == key1 and names2 == names1 == ["account_id.json", "account_key.pem",
+                                                     "registration_info.json"]
+        assert "Registering account key" in out
+        a = subprocess.run(["dehydrated", "-f", str(config), "--account"], capture_output=True,
+                           text=True, timeout=120)
+        assert a.returncode == 0, a.stdout + a.stderr
+        assert "Done" in a.stdout
+    finally:
+        rc("rc.pebble", "stop", pebble)
