@@ -112,6 +112,43 @@ def all_tests(c, keep=False):
     cli.run(cli.tests, which="all", keep=keep)
 
 
+# ---------------------------------------------------------------- snapshots (issue 11)
+@task(name="snapshot", help={"name": "Snapshot name: a-z 0-9 . _ - (starts with a letter or digit)"})
+def snapshot_(c, name):
+    """Save the running lab (disk + memory) as snapshot NAME (libvirt internal snapshot)."""
+    cli.run(cli.snapshot, name=name)
+
+
+@task(name="restore", help={"name": "Snapshot to go back to (see lab.snapshots)"})
+def restore_(c, name):
+    """Go back to snapshot NAME: clock set, services checked, pebble root republished."""
+    cli.run(cli.restore_snapshot, name=name)
+
+
+@task(name="snapshots")
+def snapshots_(c):
+    """List the lab's snapshots: name, time, memory state size, disk cost."""
+    cli.run(cli.snapshots)
+
+
+@task(name="forget", help={"name": "Snapshot to delete"})
+def forget_(c, name):
+    """Delete snapshot NAME and free its space."""
+    cli.run(cli.forget, name=name)
+
+
+@task(name="suspend")
+def suspend_(c):
+    """Save the VM's memory to disk and stop it (libvirt managed save); lab.resume goes on."""
+    cli.run(cli.suspend)
+
+
+@task(name="resume")
+def resume_(c):
+    """Resume a suspended lab: memory restored, clock set, services and root checked."""
+    cli.run(cli.resume)
+
+
 ns = Collection()
 ns.add_collection(Collection("host", prepare, restore))
 ns.add_collection(Collection("lab", render, settings, box, up, down, destroy, status, ssh,
@@ -121,3 +158,9 @@ tests.add_task(host_tests, "host")
 tests.add_task(vm_tests, "vm")
 tests.add_task(all_tests, "all")
 ns.add_collection(tests)
+ns.collections["lab"].add_task(snapshot_)
+ns.collections["lab"].add_task(restore_)
+ns.collections["lab"].add_task(snapshots_)
+ns.collections["lab"].add_task(forget_)
+ns.collections["lab"].add_task(suspend_)
+ns.collections["lab"].add_task(resume_)

@@ -150,3 +150,34 @@ def tests(which: str = "all", k: str = "", keep: bool = False) -> None:
     rc = testrun.run(_paths(), load(), which=which, k=k, keep=keep)
     if rc:
         raise StageFailed(f"tests failed (pytest exit {rc})", hint="read the pytest summary above")
+
+
+# ------------------------------------------------------------ snapshots / suspend (issue 11)
+def snapshot(name: str) -> None:
+    from . import snapshot as snap
+    snap.snapshot(_paths(), name=name)
+
+
+def restore_snapshot(name: str) -> None:
+    from . import snapshot as snap
+    snap.restore(_paths(), name=name, settings=load())
+
+
+def snapshots() -> None:
+    from . import snapshot as snap
+    snap.show(_paths())
+
+
+def forget(name: str) -> None:
+    from . import snapshot as snap
+    snap.forget(_paths(), name=name)
+
+
+def suspend() -> None:
+    from . import snapshot as snap
+    snap.suspend(_paths())
+
+
+def resume() -> None:
+    from . import snapshot as snap
+    snap.resume(_paths(), load())

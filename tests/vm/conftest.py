@@ -26,4 +26,38 @@ def guest(lab_paths):
     g.close()
 
 
+
+# ---------------------------------------------------------------- pristine snapshot (issue 11)
+PRISTINE = "pristine"
+
+
+class Pristine:
+    """The lab as it was after the first converge and certificates, saved once per run.
+
+    ``restore()`` goes back to it (disk + memory, clock set, services checked, root
+    republished) and drops the session connection so the next command reconnects
+    (the restored guest has never seen it)."""
+
+    def __init__(self, lab_paths, guest, lab_settings):
+        self.paths = lab_paths
+        self.guest = guest
+        self.settings = lab_settings
+        self.name = PRISTINE
+
+    def restore(self) -> dict:
+        from entelab import snapshot
+        self.guest.close()
+        return snapshot.restore(self.paths, self.name, self.settings)
+
+
+@pytest.fixture(scope="session")
+def pristine(lab_paths, guest, settings):  # noqa: F811 - the settings fixture (labfix)
+    """Take the run's pristine snapshot (replacing one left by an earlier run)."""
+    from entelab import snapshot
+    if PRISTINE in snapshot.names(lab_paths):
+        snapshot.forget(lab_paths, PRISTINE)
+    snapshot.snapshot(lab_paths, PRISTINE)
+    yield Pristine(lab_paths, guest, settings)
+
+
 from labfix import lab_secrets, paths, settings  # noqa: E402,F401  (shared fixtures)
