@@ -9,7 +9,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from . import accel, certs, converge, health, host, vm
+from . import accel, certs, converge, health, host, snapshot, vm
 from . import box as boxmod
 from . import secrets as secrets_mod
 from .errors import LabError
@@ -37,6 +37,10 @@ def up(paths: LabPaths, settings: Settings) -> None:
     boxmod.build(paths, prepare=False)
     if settings.vm.accel == "auto":
         accel.probe(paths)
+    if snapshot.suspended(snapshot.dominfo(paths)):
+        # its memory is saved (lab.suspend): resume it, clock corrected and checked,
+        # rather than let Vagrant start it with a stale clock
+        snapshot.resume(paths, settings)
     vm.up(paths)
     with stage("boot: wait for rc.M (rc-slackware.service) to finish starting services"):
         g = guest(paths)
@@ -51,7 +55,8 @@ def status(paths: LabPaths) -> None:
     table = Table(title=f"ente-lab {paths.lab_id}", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
-    table.add_row("state", st["state"])
+    suspended = st["state"] == "shut off" and snapshot.suspended(snapshot.dominfo(paths))
+    table.add_row("state", "suspended (memory saved; ./labctl lab.resume)" if suspended else st["state"])
     table.add_row("provider", st["provider"])
     table.add_row("acceleration", st["accel"])
     table.add_row("address", st["address"] or "-")

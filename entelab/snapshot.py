@@ -42,7 +42,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from . import hostrun
+from . import hostrun, vm
 from .errors import EXIT_BAD_INPUT, LabError, StageFailed
 from .guest import Guest
 from .progress import console, info, stage, warn
@@ -70,7 +70,7 @@ class BadInput(LabError):
 # ------------------------------------------------------------------ plumbing
 def domain(paths: LabPaths) -> str:
     """The lab's libvirt domain (vagrant-libvirt's default_prefix + machine name)."""
-    return f"{paths.lab_id}_default"
+    return vm.domain_name(paths)
 
 
 def max_snapshots() -> int:

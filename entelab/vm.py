@@ -113,7 +113,7 @@ def _clean_leftovers(p: LabPaths) -> None:
     if exists:
         warn(f"removing leftover domain {dom} (Vagrant no longer tracks it)")
         virsh("destroy", dom)
-        virsh("undefine", dom, "--nvram")
+        virsh("undefine", dom, "--nvram", "--snapshots-metadata")
     vol = f"{dom}.img"
     if virsh("vol-info", "--pool", p.lab_id, vol).ok:
         warn(f"removing leftover volume {vol} (no domain uses it)")

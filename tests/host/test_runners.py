@@ -194,3 +194,13 @@ def test_smoke_takes_its_names_from_the_settings_it_is_given():
     rec = RecordingConnection(guest_answer)
     health.smoke(Guest(rec), s)
     assert any("ente.elsewhere.lan" in c for c in rec.decoded())
+
+
+def test_up_of_a_suspended_lab_resumes_it_first(recorded_up, monkeypatch):
+    """lab.up on a suspended lab resumes it (clock corrected) before Vagrant sees it."""
+    from entelab import snapshot
+    _, calls = recorded_up
+    monkeypatch.setattr(snapshot, "dominfo", lambda p: {"state": "shut off", "managed save": "yes"})
+    monkeypatch.setattr(snapshot, "resume", lambda p, s: calls.append(f"resume {s.domain}"))
+    cli.up([])
+    assert calls == ["prepare", "box", "resume darkstar.lan", "vm.up", "converge"]
