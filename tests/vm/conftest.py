@@ -50,9 +50,10 @@ class Pristine:
         return snapshot.restore(self.paths, self.name, self.settings)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def pristine(lab_paths, guest, settings):  # noqa: F811 - the settings fixture (labfix)
-    """Take the run's pristine snapshot (replacing one left by an earlier run)."""
+    """Take the run's pristine snapshot (replacing one left by an earlier run), before any
+    VM test runs (autouse), so every test that breaks something can go back to it."""
     from entelab import snapshot
     if PRISTINE in snapshot.names(lab_paths):
         snapshot.forget(lab_paths, PRISTINE)

@@ -110,13 +110,6 @@ def running_containers(guest) -> list[str]:
     return res.stdout.split() if res.ok else []
 
 
-def reissue_after_pebble_restart(guest, lab_paths) -> None:
-    """pebble forgets accounts and roots when it restarts: let the lab re-register and
-    re-issue, as it does after a boot, so later tests find a consistent lab."""
-    from entelab import certs
-    certs.issue_with(guest, lab_paths)
-
-
 # ---------------------------------------------------------------- boot: one unit, masked units
 def test_rc_unit_enabled_and_active(guest):
     assert sudo(guest, "systemctl is-enabled rc-slackware.service").stdout.strip() == "enabled"
@@ -163,7 +156,7 @@ def test_daemon_runs_outside_distribution_units(guest, svc):
 
 # ---------------------------------------------------------------- every rc script's lifecycle
 @pytest.mark.parametrize("svc", SERVICES)
-def test_rc_script_lifecycle(guest, lab_paths, svc):
+def test_rc_script_lifecycle(guest, svc, pristine):
     containers = running_containers(guest) if svc == "docker" else []
     pid0 = status_pid(guest, svc)
     if pid0 is None:  # not running (an earlier failure): start it first
@@ -214,7 +207,9 @@ def test_rc_script_lifecycle(guest, lab_paths, svc):
         if svc == "docker" and containers:
             sudo(guest, "docker start " + " ".join(containers))
         if svc == "pebble":
-            reissue_after_pebble_restart(guest, lab_paths)
+            # pebble forgot its accounts and made a new root: go back to the run's
+            # pristine snapshot (seconds) instead of re-registering and re-issuing
+            pristine.restore()
 
 
 def test_rc_script_usage(guest):
