@@ -7,7 +7,7 @@ Run through ./labctl (it creates and uses the project's virtualenv), e.g.
 
 from invoke import Collection, task
 
-from entelab import cli
+from entelab import task_bodies as body
 
 SET_HELP = {"set": "Override a setting, KEY=VALUE (repeatable), e.g. --set vm.memory=6144"}
 
@@ -16,137 +16,137 @@ SET_HELP = {"set": "Override a setting, KEY=VALUE (repeatable), e.g. --set vm.me
 @task(help={"dry-run": "Only print what would be installed/started"})
 def prepare(c, dry_run=False):
     """Install and start what the host needs (vagrant, libvirt, qemu, mmdebstrap)."""
-    cli.run(cli.host_prepare, dry_run=dry_run)
+    body.run(body.host_prepare, dry_run=dry_run)
 
 
 @task
 def restore(c):
     """Stop the daemons host.prepare started and undo its host changes."""
-    cli.run(cli.host_restore)
+    body.run(body.host_restore)
 
 
 # ---------------------------------------------------------------- lab
 @task(iterable=["set"], help={**SET_HELP, "rotate-secrets": "Generate new secrets first (all of them)"})
 def render(c, set=None, rotate_secrets=False):
     """Validate settings and render every configuration file under build/."""
-    cli.run(cli.render, overrides=set or [], rotate=rotate_secrets)
+    body.run(body.render, overrides=set or [], rotate=rotate_secrets)
 
 
 @task(iterable=["set"], help={**SET_HELP})
 def settings(c, set=None):
     """Validate settings and show the effective values (secrets are never shown)."""
-    cli.run(cli.show_settings, overrides=set or [])
+    body.run(body.show_settings, overrides=set or [])
 
 
 @task(help={"force": "Rebuild even when the cached box matches the recipe"})
 def box(c, force=False):
     """Build the Debian 12 base box offline (mmdebstrap) and add it to Vagrant."""
-    cli.run(cli.box, force=force)
+    body.run(body.box, force=force)
 
 
 @task(iterable=["set"], help={**SET_HELP})
 def up(c, set=None):
     """Bring the lab up: prepare -> render -> box -> vagrant up -> converge -> certs -> smoke."""
-    cli.run(cli.up, overrides=set or [])
+    body.run(body.up, overrides=set or [])
 
 
 @task
 def down(c):
     """Halt the VM; its disk is kept for the next lab.up."""
-    cli.run(cli.down)
+    body.run(body.down)
 
 
 @task(help={"yes": "Do not ask for confirmation"})
 def destroy(c, yes=False):
     """Destroy the VM and its disk (asks unless --yes)."""
-    cli.run(cli.destroy, yes=yes)
+    body.run(body.destroy, yes=yes)
 
 
 @task
 def status(c):
     """Show VM state, provider, acceleration, address, services and last converge."""
-    cli.run(cli.status)
+    body.run(body.status)
 
 
 @task(help={"command": "Run this command instead of an interactive shell"})
 def ssh(c, command=""):
     """Open a shell in the VM (or run one command)."""
-    cli.run(cli.ssh, command=command)
+    body.run(body.ssh, command=command)
 
 
 @task(iterable=["set"], help={**SET_HELP})
 def converge(c, set=None):
     """Push the rendered files that differ, validate them, reload what changed."""
-    cli.run(cli.converge, overrides=set or [])
+    body.run(body.converge, overrides=set or [])
 
 
 @task
 def certs(c):
     """Issue the lab certificate from the private ACME CA (pebble) with dehydrated."""
-    cli.run(cli.certs)
+    body.run(body.certs)
 
 
 @task
 def renew(c):
     """Force a renewal and show the Apache and Postfix serials before and after."""
-    cli.run(cli.renew)
+    body.run(body.renew)
 
 
 # ---------------------------------------------------------------- tests
 @task(help={"k": "Only tests matching this pytest -k expression"})
 def host_tests(c, k=""):
     """Fast host tests: settings, rendering, real-tool validation (no VM)."""
-    cli.run(cli.tests, which="host", k=k)
+    body.run(body.tests, which="host", k=k)
 
 
 @task(help={"k": "Only tests matching this pytest -k expression",
             "keep": "Leave the VM running afterwards"})
 def vm_tests(c, k="", keep=False):
     """VM tests: brings the lab up once, runs every vm test against it."""
-    cli.run(cli.tests, which="vm", k=k, keep=keep)
+    body.run(body.tests, which="vm", k=k, keep=keep)
 
 
 @task(help={"keep": "Leave the VM running afterwards"})
 def all_tests(c, keep=False):
     """Everything: host prerequisites, host tests, then the VM tests; destroys the VM."""
-    cli.run(cli.tests, which="all", keep=keep)
+    body.run(body.tests, which="all", keep=keep)
 
 
 # ---------------------------------------------------------------- snapshots (issue 11)
 @task(name="snapshot", help={"name": "Snapshot name: a-z 0-9 . _ - (starts with a letter or digit)"})
 def snapshot_(c, name):
     """Save the running lab (disk + memory) as snapshot NAME (libvirt internal snapshot)."""
-    cli.run(cli.snapshot, name=name)
+    body.run(body.snapshot, name=name)
 
 
 @task(name="restore", help={"name": "Snapshot to go back to (see lab.snapshots)"})
 def restore_(c, name):
     """Go back to snapshot NAME: clock set, services checked, pebble root republished."""
-    cli.run(cli.restore_snapshot, name=name)
+    body.run(body.restore_snapshot, name=name)
 
 
 @task(name="snapshots")
 def snapshots_(c):
     """List the lab's snapshots: name, time, memory state size, disk cost."""
-    cli.run(cli.snapshots)
+    body.run(body.snapshots)
 
 
 @task(name="forget", help={"name": "Snapshot to delete"})
 def forget_(c, name):
     """Delete snapshot NAME and free its space."""
-    cli.run(cli.forget, name=name)
+    body.run(body.forget, name=name)
 
 
 @task(name="suspend")
 def suspend_(c):
     """Save the VM's memory to disk and stop it (libvirt managed save); lab.resume goes on."""
-    cli.run(cli.suspend)
+    body.run(body.suspend)
 
 
 @task(name="resume")
 def resume_(c):
     """Resume a suspended lab: memory restored, clock set, services and root checked."""
-    cli.run(cli.resume)
+    body.run(body.resume)
 
 
 ns = Collection()

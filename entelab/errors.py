@@ -2,7 +2,7 @@
 
 Every error the lab raises on purpose is a ``LabError``: a message, a ``hint``
 (what to look at next: a command, or the log of the check that failed) and the
-exit code ``cli.run`` turns it into. Exit codes (the README lists them):
+exit code ``task_bodies.run`` turns it into. Exit codes (the README lists them):
 
     0   ok
     1   a stage failed (``StageFailed``, ``HostCommandError``, ``GuestCommandError``,

@@ -1,6 +1,6 @@
 """The lab as a whole: bring it up stage by stage, and show its status.
 
-Each task loads the settings once (``cli``) and passes them down; nothing here
+Each task loads the settings once (``task_bodies``) and passes them down; nothing here
 or below reads them from disk again.
 """
 

@@ -51,7 +51,7 @@ def stage(name: str, log: Path | None = None, hint: str = "") -> Iterator[None]:
     marked reported: a ``LabError`` keeps its own kind (and exit code), gaining
     this stage's log and hint when it has none; an ``OSError`` (a file, a
     socket) becomes ``StageFailed``. Anything else is a bug in the lab: it is
-    re-raised as it is, for ``cli.run`` to log (exit 70). ``KeyboardInterrupt``
+    re-raised as it is, for ``task_bodies.run`` to log (exit 70). ``KeyboardInterrupt``
     passes through untouched.
     """
     start = time.monotonic()

@@ -9,7 +9,7 @@ import sys
 import pytest
 from recording import RecordingConnection
 
-from entelab import certs, cli, errors, health, hostrun, lab, state
+from entelab import certs, errors, health, hostrun, lab, state, task_bodies
 from entelab.guest import Guest
 
 PROBE_ANSWER = json.dumps({"status": 200, "serial": "0A", "san": [], "headers": [], "body": "",
@@ -34,7 +34,7 @@ def guest_answer(cmd: str) -> object:
 # ---------------------------------------------------------------- settings once per task
 @pytest.fixture
 def recorded_up(empty_checkout, monkeypatch):
-    """cli.up with everything outside the guest stubbed; returns the guest's recorder."""
+    """task_bodies.up with everything outside the guest stubbed; returns the guest's recorder."""
     monkeypatch.setattr(state, "ROOT", empty_checkout)
     rec = RecordingConnection(guest_answer)
     calls: list[str] = []
@@ -51,7 +51,7 @@ def recorded_up(empty_checkout, monkeypatch):
 
 def test_set_domain_reaches_smoke_check_and_certificates(recorded_up):
     rec, calls = recorded_up
-    cli.up(["domain=other.lan"])
+    task_bodies.up(["domain=other.lan"])
     assert calls == ["prepare", "box", "vm.up", "converge"]
     seen = "\n".join(rec.decoded())
     rendered = (state.paths(state.ROOT).rendered / "etc/dehydrated/domains.txt").read_text()
@@ -65,7 +65,7 @@ def test_renew_uses_the_tasks_settings(empty_checkout, monkeypatch):
     monkeypatch.setattr(state, "ROOT", empty_checkout)
     rec = RecordingConnection(guest_answer)
     monkeypatch.setattr(lab, "guest", lambda p: Guest(rec))
-    cli.renew(["domain=other.lan"])
+    task_bodies.renew(["domain=other.lan"])
     servernames = [c for c in rec.commands if "-servername" in c]
     assert servernames and all("other.lan" in c for c in servernames)
     assert any("/etc/dehydrated/certs/other.lan/cert.pem" in c for c in rec.commands)
@@ -152,7 +152,7 @@ def test_exit_code_1_for_a_failed_stage_printed_once(monkeypatch, capsys):
             raise errors.HostCommandError("demo", 3, "boom")
 
     with pytest.raises(SystemExit) as ex:
-        cli.run(failing)
+        task_bodies.run(failing)
     out = capsys.readouterr().out
     assert ex.value.code == errors.EXIT_FAILED
     assert out.count("exited 3") == 1 and out.count("next: read demo.log") == 1
@@ -165,7 +165,7 @@ def test_exit_code_70_for_a_bug_logs_the_traceback(monkeypatch, capsys, tmp_path
         raise KeyError("oops")
 
     with pytest.raises(SystemExit) as ex:
-        cli.run(buggy)
+        task_bodies.run(buggy)
     out = capsys.readouterr().out
     assert ex.value.code == errors.EXIT_INTERNAL
     log = tmp_path / "logs" / "internal-error.log"
@@ -178,7 +178,7 @@ def test_exit_code_130_when_interrupted(capsys):
         raise KeyboardInterrupt
 
     with pytest.raises(SystemExit) as ex:
-        cli.run(interrupted)
+        task_bodies.run(interrupted)
     assert ex.value.code == errors.EXIT_INTERRUPTED
 
 
@@ -202,5 +202,5 @@ def test_up_of_a_suspended_lab_resumes_it_first(recorded_up, monkeypatch):
     _, calls = recorded_up
     monkeypatch.setattr(snapshot, "dominfo", lambda p: {"state": "shut off", "managed save": "yes"})
     monkeypatch.setattr(snapshot, "resume", lambda p, s: calls.append(f"resume {s.domain}"))
-    cli.up([])
+    task_bodies.up([])
     assert calls == ["prepare", "box", "resume darkstar.lan", "vm.up", "converge"]

@@ -1,4 +1,4 @@
-"""Adapters between tasks.py and the package: load settings once, map errors to exits.
+"""The body of each task (tasks.py only declares them): load settings once, run, map errors to exits.
 
 Each function here is what one task does; the work itself lives in the module
 named after the concept (settings, render, host, box, vm, converge, certs ...).
