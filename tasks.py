@@ -41,7 +41,7 @@ def settings(c, set=None):
 @task(help={"force": "Rebuild even when the cached box matches the recipe"})
 def box(c, force=False):
     """Build the Debian 12 base box offline (mmdebstrap) and add it to Vagrant."""
-    body.run(body.box, force=force)
+    body.run(body.build_box, force=force)
 
 
 @task(iterable=["set"], help={**SET_HELP})
@@ -77,13 +77,13 @@ def ssh(c, command=""):
 @task(iterable=["set"], help={**SET_HELP})
 def converge(c, set=None):
     """Push the rendered files that differ, validate them, reload what changed."""
-    body.run(body.converge, overrides=set or [])
+    body.run(body.converge_lab, overrides=set or [])
 
 
 @task
 def certs(c):
     """Issue the lab certificate from the private ACME CA (pebble) with dehydrated."""
-    body.run(body.certs)
+    body.run(body.issue_certs)
 
 
 @task
@@ -116,7 +116,7 @@ def all_tests(c, keep=False):
 @task(name="snapshot", help={"name": "Snapshot name: a-z 0-9 . _ - (starts with a letter or digit)"})
 def snapshot_(c, name):
     """Save the running lab (disk + memory) as snapshot NAME (libvirt internal snapshot)."""
-    body.run(body.snapshot, name=name)
+    body.run(body.take_snapshot, name=name)
 
 
 @task(name="restore", help={"name": "Snapshot to go back to (see lab.snapshots)"})

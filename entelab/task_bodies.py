@@ -92,9 +92,9 @@ def host_restore() -> None:
     host.restore(_paths())
 
 
-def box(force: bool = False) -> None:
-    from . import box as boxmod
-    boxmod.build(_paths(), force=force)
+def build_box(force: bool = False) -> None:
+    from . import box
+    box.build(_paths(), force=force)
 
 
 def up(overrides: Sequence[str]) -> None:
@@ -122,27 +122,24 @@ def ssh(command: str = "") -> None:
     vm.ssh(_paths(), command=command)
 
 
-def converge(overrides: Sequence[str]) -> None:
-    from . import converge as cv
-    from . import lab
+def converge_lab(overrides: Sequence[str]) -> None:
+    from . import converge, lab
     from .render import render_lab
     paths = _paths()
     render_lab(paths, load(overrides))
-    cv.converge(lab.guest(paths), paths)
+    converge.converge(lab.guest(paths), paths)
 
 
-def certs() -> None:
-    from . import certs as ct
-    from . import lab
+def issue_certs() -> None:
+    from . import certs, lab
     paths = _paths()
-    ct.issue(lab.guest(paths), paths)
+    certs.issue(lab.guest(paths), paths)
 
 
 def renew(overrides: Sequence[str] = ()) -> None:
-    from . import certs as ct
-    from . import lab
+    from . import certs, lab
     paths = _paths()
-    ct.renew(lab.guest(paths), paths, load(overrides))
+    certs.renew(lab.guest(paths), paths, load(overrides))
 
 
 def tests(which: str = "all", k: str = "", keep: bool = False) -> None:
@@ -153,31 +150,31 @@ def tests(which: str = "all", k: str = "", keep: bool = False) -> None:
 
 
 # ------------------------------------------------------------ snapshots / suspend (issue 11)
-def snapshot(name: str) -> None:
-    from . import snapshot as snap
-    snap.snapshot(_paths(), name=name)
+def take_snapshot(name: str) -> None:
+    from . import snapshot
+    snapshot.snapshot(_paths(), name=name)
 
 
 def restore_snapshot(name: str) -> None:
-    from . import snapshot as snap
-    snap.restore(_paths(), name=name, settings=load())
+    from . import snapshot
+    snapshot.restore(_paths(), name=name, settings=load())
 
 
 def snapshots() -> None:
-    from . import snapshot as snap
-    snap.show(_paths())
+    from . import snapshot
+    snapshot.show(_paths())
 
 
 def forget(name: str) -> None:
-    from . import snapshot as snap
-    snap.forget(_paths(), name=name)
+    from . import snapshot
+    snapshot.forget(_paths(), name=name)
 
 
 def suspend() -> None:
-    from . import snapshot as snap
-    snap.suspend(_paths())
+    from . import snapshot
+    snapshot.suspend(_paths())
 
 
 def resume() -> None:
-    from . import snapshot as snap
-    snap.resume(_paths(), load())
+    from . import snapshot
+    snapshot.resume(_paths(), load())

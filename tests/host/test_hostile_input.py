@@ -15,7 +15,7 @@ import yaml
 from test_settings import attempt, snapshot
 
 from entelab import grammar, render, state
-from entelab import secrets as sm
+from entelab import secrets as secrets_mod
 from entelab.errors import SettingsError
 from entelab.settings import MAX_PROBLEMS, load_settings
 
@@ -152,7 +152,7 @@ def test_the_labs_own_accounts_are_accepted(tmp_path):
 
 
 # ------------------------------------------------------------------ secrets
-@pytest.mark.parametrize("name", list(sm.GENERATORS))
+@pytest.mark.parametrize("name", list(secrets_mod.GENERATORS))
 def test_secret_with_quote_newline_or_dollar_is_refused(checkout, name):
     for bad in ["abc'def0123456789xyz", 'abc"def0123456789xyz', "abc$HOME0123456789xyz",
                 "abc\ndef0123456789xyz", "abc def0123456789xyz", "abc`id`0123456789xyz",

@@ -36,7 +36,7 @@ from test_settings import snapshot
 from test_template_apache import apache_t, server_root
 
 from entelab import grammar, render, state
-from entelab import secrets as sm
+from entelab import secrets as secrets_mod
 from entelab.errors import SettingsError
 from entelab.settings import DEFAULTS_FILE, load_settings
 
@@ -58,7 +58,7 @@ def _leaves(node: dict, prefix: str = "") -> dict:
 
 DEFAULTS = _leaves(yaml.safe_load(DEFAULTS_FILE.read_text()))
 SETTING_KEYS = sorted(DEFAULTS)
-SECRET_KEYS = sorted(sm.GENERATORS)
+SECRET_KEYS = sorted(secrets_mod.GENERATORS)
 
 # Valid values at the edges of each grammar, to reach the "accepted" branch often.
 EDGE: dict[str, list] = {
@@ -209,7 +209,7 @@ class Lab:
         self.dirty = False
 
     def tree(self, settings_) -> Tree:
-        secrets, _ = sm.load_or_create(self.paths.secrets, dry_run=True)
+        secrets, _ = secrets_mod.load_or_create(self.paths.secrets, dry_run=True)
         return Tree(root=self.paths.rendered, settings=settings_, secrets=secrets, entries={})
 
 

@@ -105,8 +105,8 @@ def test_render_output_never_prints_secrets(lab, capsys):
     root, paths = lab
     render.render_lab(paths, load_settings(root)[0])
     out = capsys.readouterr().out
-    from entelab import secrets as sm
-    s, _ = sm.load_or_create(paths.secrets)
+    from entelab import secrets as secrets_mod
+    s, _ = secrets_mod.load_or_create(paths.secrets)
     assert not any(v in out for v in s.values())
 
 

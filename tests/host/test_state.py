@@ -6,6 +6,8 @@ import re
 import stat
 from pathlib import Path
 
+import pytest
+
 from entelab import accel, daemons, host, state, vm
 
 
@@ -210,13 +212,11 @@ def test_prepare_dry_run_changes_nothing(tmp_path, monkeypatch, capsys):
 
 
 def test_prepare_on_other_systems_says_what_to_install(tmp_path, monkeypatch, capsys):
-    import pytest as _pytest
-
     from entelab.errors import StageFailed
     monkeypatch.setenv("ENTE_LAB_HOME", str(tmp_path / "lab"))
     p = state.paths(tmp_path)
     monkeypatch.setattr(host, "missing_packages", lambda *a: ["vagrant"])
     monkeypatch.setattr(host, "is_debian_like", lambda *a: False)
-    with _pytest.raises(StageFailed, match="non-Debian"):
+    with pytest.raises(StageFailed, match="non-Debian"):
         host.prepare(p)
     assert "vagrant-libvirt" in capsys.readouterr().out
