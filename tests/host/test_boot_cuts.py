@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from test_rc_scripts import free_port, need, needs_root, pubtmp, rc  # noqa: F401
+from test_rc_scripts import free_port, need, needs_root, pebble_env, pubtmp, rc  # noqa: F401
 
 BEGIN = "-----BEGIN CERTIFICATE-----"
 
@@ -37,16 +37,8 @@ def test_restart_swaps_the_root_in_the_trust_store(pubtmp: Path):  # noqa: F811
     bundle.write_text("".join(others))
     crt = pubtmp / "local" / "ente-lab-acme-root.crt"
     env = {
-        "PEBBLE_DIR": str(pubtmp / "etc-pebble"),
-        "PEBBLE_LISTEN": f"127.0.0.1:{free_port()}",
-        "PEBBLE_MGMT": f"127.0.0.1:{free_port()}",
-        "PEBBLE_PIDFILE": str(pubtmp / "pebble.pid"),
-        "PEBBLE_LOG": str(pubtmp / "pebble.log"),
-        "ENTE_LAB_DIR": str(pubtmp / "ente-lab"),
-        "PEBBLE_MARKER": str(pubtmp / "run" / "pebble.started"),
-        "PEBBLE_TRUST_CRT": str(crt),
+        **pebble_env(pubtmp, trust_crt=str(crt)),
         "TRUST_DIR": str(certs),
-        "PEBBLE_DEFAULTS": "/nonexistent",
     }
     try:
         r = rc("rc.pebble", "start", env)
@@ -131,17 +123,7 @@ def test_refresh_after_a_pebble_restart_keeps_the_account_key(pubtmp: Path):  # 
     the new registration works (dehydrated --account talks to the account URL)."""
     import os
     need("/usr/bin/pebble", "dehydrated", "openssl", "curl", "sudo")
-    pebble = {
-        "PEBBLE_DIR": str(pubtmp / "etc-pebble"),
-        "PEBBLE_LISTEN": f"127.0.0.1:{free_port()}",
-        "PEBBLE_MGMT": f"127.0.0.1:{free_port()}",
-        "PEBBLE_PIDFILE": str(pubtmp / "pebble.pid"),
-        "PEBBLE_LOG": str(pubtmp / "pebble.log"),
-        "ENTE_LAB_DIR": str(pubtmp / "ente-lab"),
-        "PEBBLE_MARKER": str(pubtmp / "run" / "pebble.started"),
-        "PEBBLE_TRUST_CRT": "",
-        "PEBBLE_DEFAULTS": "/nonexistent",
-    }
+    pebble = pebble_env(pubtmp)
     base = pubtmp / "dehydrated"
     base.mkdir()
     (base / "domains.txt").write_text("")

@@ -66,6 +66,22 @@ def need(*tools: str) -> None:
             pytest.fail(f"{t} is not installed; ./labctl test.all installs the host test tools")
 
 
+def pebble_env(base: Path, trust_crt: str = "") -> dict[str, str]:
+    """rc.pebble's environment for a private pebble under ``base`` on free loopback
+    ports; ``trust_crt`` empty: never touch this host's trust store."""
+    return {
+        "PEBBLE_DIR": str(base / "etc-pebble"),
+        "PEBBLE_LISTEN": f"127.0.0.1:{free_port()}",
+        "PEBBLE_MGMT": f"127.0.0.1:{free_port()}",
+        "PEBBLE_PIDFILE": str(base / "pebble.pid"),
+        "PEBBLE_LOG": str(base / "pebble.log"),
+        "ENTE_LAB_DIR": str(base / "ente-lab"),
+        "PEBBLE_MARKER": str(base / "run" / "pebble.started"),
+        "PEBBLE_TRUST_CRT": trust_crt,
+        "PEBBLE_DEFAULTS": "/nonexistent",
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -478,17 +494,7 @@ def test_rc_httpd_lifecycle(pubtmp: Path):
 def test_rc_pebble_lifecycle(pubtmp: Path):
     tmp_path = pubtmp
     need("/usr/bin/pebble", "openssl", "curl")
-    env = {
-        "PEBBLE_DIR": str(tmp_path / "etc-pebble"),
-        "PEBBLE_LISTEN": f"127.0.0.1:{free_port()}",
-        "PEBBLE_MGMT": f"127.0.0.1:{free_port()}",
-        "PEBBLE_PIDFILE": str(tmp_path / "pebble.pid"),
-        "PEBBLE_LOG": str(tmp_path / "pebble.log"),
-        "ENTE_LAB_DIR": str(tmp_path / "ente-lab"),
-        "PEBBLE_MARKER": str(tmp_path / "run" / "pebble.started"),
-        "PEBBLE_TRUST_CRT": "",  # never touch this host's trust store
-        "PEBBLE_DEFAULTS": "/nonexistent",
-    }
+    env = pebble_env(tmp_path)  # never touches this host's trust store
     lab = tmp_path / "ente-lab"
     marker = Path(env["PEBBLE_MARKER"])
     try:

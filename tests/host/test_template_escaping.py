@@ -181,10 +181,8 @@ def test_compose_filter_keeps_dollar_literal(tmp_path):
     assert not (tmp_path / "CANARY").exists()
 
 
-@pytest.mark.parametrize("value", HOSTILE, ids=range(len(HOSTILE)))
+@pytest.mark.parametrize("value", [v for v in HOSTILE if "\0" not in v])
 def test_shell_filter_round_trips_and_runs_nothing(value, tmp_path):
-    if "\0" in value:
-        pytest.skip("no NUL in argv")
     script = tmp_path / "conf"
     script.write_text(f"V={render.shell_word(value)}\n")
     for shell in ("bash", "sh"):
@@ -210,3 +208,9 @@ def test_env_filter_allows_only_what_both_compose_readers_agree_on(tmp_path):
     assert res.returncode == 0, res.stderr
     env = yaml.safe_load(res.stdout)["services"]["s"]["environment"]
     assert [env[f"V{i}"] or "" for i in range(len(ok))] == ok
+
+
+def test_shell_filter_refuses_a_nul_byte():
+    """No shell word can hold a NUL: the filter refuses it instead of quoting it."""
+    with pytest.raises(render.UnsafeValue, match="NUL"):
+        render.shell_word("a\0b")
