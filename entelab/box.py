@@ -95,7 +95,7 @@ def recipe_hash(root: Path) -> str:
     h = hashlib.sha256()
     meta = {"suite": SUITE, "mirrors": MIRRORS, "packages": sorted(PACKAGES),
             "debconf": DEBCONF, "size": IMAGE_SIZE, "format": 2,
-            "services": list(vocab.SERVICE_NAMES)}
+            "services": [sv.services_line for sv in vocab.SERVICES]}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for rel, data in _tree_entries(box_dir(root), "box") + _tree_entries(guest_dir(root), "guest"):
         h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
@@ -121,7 +121,7 @@ def build_image(p: LabPaths, out: Path) -> None:
     staging.mkdir(parents=True)
     hooks = box_dir(p.root)
     debconf = "\n".join(DEBCONF)
-    services = " ".join(vocab.SERVICE_NAMES)
+    services = " ".join(shlex.quote(sv.services_line) for sv in vocab.SERVICES)
     q = lambda path: shlex.quote(str(path))  # noqa: E731 - hooks run through sh
     cmd = [
         "mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",

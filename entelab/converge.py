@@ -55,6 +55,10 @@ def plan(entries: list[Entry], facts: dict) -> list[Op]:
             if f.get("type") != "link" or f.get("target") != e.target:
                 ops.append(op(Action.LINK, Validator.NONE, target=e.target))
             continue
+        if e.kind == "datadir":      # created when missing; its container sets owner and mode
+            if f.get("type") != "dir":
+                ops.append(op(Action.MKDIR, Validator.NONE))
+            continue
         if e.kind == "dir":
             if f.get("type") != "dir":
                 ops.append(op(Action.MKDIR, Validator.NONE))

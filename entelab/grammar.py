@@ -142,6 +142,17 @@ def abs_path(value: str) -> str:
     return value
 
 
+def archive_file(value: str) -> str:
+    """A host file path for a ``docker save`` archive: absolute, safe characters,
+    ending in .tar, .tar.gz or .tgz (what ``docker load`` reads)."""
+    if not isinstance(value, str) or len(value) > 300 or not PATH.fullmatch(value) \
+            or not re.search(r"\.(tar|tar\.gz|tgz)\Z", value):
+        raise ValueError("must be an absolute path to a 'docker save' archive like "
+                         "/srv/ente-images.tar (letters, digits, '.', '_', '-'; ending in "
+                         ".tar, .tar.gz or .tgz)")
+    return value
+
+
 # ------------------------------------------------------------------ images
 # The OCI distribution reference grammar (distribution/reference, regexp.go),
 # ASCII only, without IPv6 hosts:

@@ -33,8 +33,8 @@ import yaml
 from rich.table import Table
 from rich.text import Text
 
+from . import payload, vocab
 from . import secrets as secrets_mod
-from . import vocab
 from .errors import TemplateError
 from .progress import info, warn
 from .settings import Settings
@@ -114,7 +114,7 @@ class Entry:
     validate: str = "none"    # how converge checks a staged copy
     section: str = ""         # the article section it implements
     sha256: str = ""
-    kind: str = "file"        # file, link or dir
+    kind: str = "file"        # file, link, dir or datadir (a dir its container owns)
     target: str = ""          # for links
 
 
@@ -151,6 +151,10 @@ def _env() -> jinja2.Environment:
 def context(settings: Settings, secrets: secrets_mod.Secrets, lab_id: str = "") -> dict:
     return {
         "s": settings,
+        "img": payload.images_for(settings),
+        "stack_images": sorted(set(payload.images_for(settings).values())),
+        "archive": payload.GUEST_ARCHIVE,
+        "builds": payload.builds_web_images(settings),
         "secrets": secrets,
         "lab_id": lab_id,
         "managed_begin": MANAGED_BEGIN,
@@ -203,7 +207,8 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
             dest = env.from_string(d["dest"]).render(**ctx)
             entry = Entry(path=dest, mode=str(d.get("mode", "0755")), owner=d.get("owner", "root"),
                           group=d.get("group", "root"), service=service, src="", reload="none",
-                          kind="dir", section=d.get("section", section))
+                          kind="datadir" if d.get("container_owned") else "dir",
+                          section=d.get("section", section))
             entry.sha256 = hashlib.sha256(b"dir").hexdigest()
             problems += _entry_problems(entry, "", False, seen)
             rendered.append((entry, b""))
@@ -335,7 +340,7 @@ def render_lab(paths: LabPaths, settings: Settings, rotate: bool = False,
     for entry, data in rendered:
         target = root / entry.path.lstrip("/")
         wanted.add(target)
-        if entry.kind == "dir":
+        if entry.kind in ("dir", "datadir"):
             if not target.is_dir():
                 target.mkdir(parents=True)
                 result.changed.append(entry.path)

@@ -32,6 +32,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from . import grammar as g
@@ -153,6 +154,28 @@ class Images(_Section):
     _ref = _v("*", grammar=g.image_ref)
 
 
+class Stack(_Section):
+    """Where the compose stack's images come from (docs/payloads.md)."""
+
+    payload: Literal["standin", "official", "tarball", "auto"]
+    tarball: str = ""
+
+    @field_validator("tarball")
+    @classmethod
+    def _tarball(cls, v: str) -> str:
+        return v and g.archive_file(v)
+
+    @model_validator(mode="after")
+    def _needs_tarball(self) -> Stack:
+        if self.payload == "tarball" and not self.tarball:
+            raise ValueError("payload 'tarball' needs stack.tarball: the path of a 'docker save' "
+                             "archive on this host (README: Payloads)")
+        if self.tarball and not Path(self.tarball).is_file():
+            raise ValueError(f"stack.tarball {self.tarball} is not a readable file on this host; "
+                             "make it with the README's 'docker save' command or set payload: standin")
+        return self
+
+
 class Acme(_Section):
     user: str
     ca: str
@@ -211,6 +234,7 @@ class Settings(_Section):
     ott: list[str] = Field(default_factory=list, max_length=100)
     admins: list[int] = Field(default_factory=list, max_length=100)
     images: Images
+    stack: Stack
     acme: Acme
     vm: Vm
 

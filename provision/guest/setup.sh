@@ -29,7 +29,7 @@ if [ ! -s "$SERVICES_FILE" ]; then
     printf 'ente-lab setup: %s missing (the box build writes it first)\n' "$SERVICES_FILE" >&2
     exit 1
 fi
-RC_SCRIPTS="$(grep -v '^[[:space:]]*#' "$SERVICES_FILE" | sed 's/^/rc./' | tr '\n' ' ')rc.M"
+RC_SCRIPTS="$(awk '!/^[[:space:]]*#/ && NF { printf "rc.%s ", $1 }' "$SERVICES_FILE")rc.M"
 MASK_UNITS="apache2.service apache-htcacheclean.service postfix.service postfix@-.service
 postfix-resolvconf.path postfix-resolvconf.service saslauthd.service docker.service
 docker.socket containerd.service dnsmasq.service"

@@ -60,7 +60,7 @@ def render_into(root: Path, settings, secrets) -> Tree:
         target.parent.mkdir(parents=True, exist_ok=True)
         if entry.kind == "link":
             target.symlink_to(entry.target)
-        elif entry.kind == "dir":
+        elif entry.kind in ("dir", "datadir"):
             target.mkdir(exist_ok=True)
         else:
             target.write_bytes(data)

@@ -94,7 +94,8 @@ def test_rc_m_starts_docker_alongside_the_acme_refresh(tmp_path: Path):
     refresh.write_text(f'#!/bin/sh\necho "refresh begin" >> {log}; sleep 1; echo "refresh end" >> {log}\n')
     refresh.chmod(0o755)
     shutil.copy(RC_D / "rc.M", d / "rc.M")
-    (d / "services").write_text("\n".join(SERVICES) + "\n")
+    from entelab import vocab
+    (d / "services").write_text("\n".join(sv.services_line for sv in vocab.SERVICES) + "\n")
     env = {**os.environ, "RC_DIR": str(d), "ACME_REFRESH": str(refresh),
            "SERVICES_FILE": str(d / "services")}
     r = subprocess.run([str(d / "rc.M"), "start"], env=env, capture_output=True, text=True)
@@ -104,13 +105,15 @@ def test_rc_m_starts_docker_alongside_the_acme_refresh(tmp_path: Path):
     assert calls[:5] == [f"{s} start" for s in ("dnsmasq", "saslauthd", "postfix", "pebble", "httpd")]
     pos = {c: i for i, c in enumerate(calls)}
     assert pos["docker begin"] < pos["refresh end"] and pos["refresh begin"] < pos["docker end"]
+    # the stack comes after docker, both in the background of the refresh
+    assert pos["docker end"] < pos["ente start"]
     # empty RC_BACKGROUND: strictly in order, refresh last
     log.unlink()
     r = subprocess.run([str(d / "rc.M"), "start"], env={**env, "RC_BACKGROUND": ""},
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert log.read_text().splitlines()[-4:] == ["docker begin", "docker end", "refresh begin",
-                                                 "refresh end"]
+    assert log.read_text().splitlines()[-5:] == ["docker begin", "docker end", "ente start",
+                                                 "refresh begin", "refresh end"]
 
 
 REFRESH = Path(__file__).resolve().parents[2] / "provision/guest/overlay/usr/local/sbin/ente-lab-acme-refresh"

@@ -54,6 +54,19 @@ def test_only_what_differs(facts, action):
     assert ops[0].validate == ("none" if action == "attrs" else "apache")
 
 
+@pytest.mark.parametrize("kind,facts,actions", [
+    ("dir", {"type": "missing"}, ["mkdir"]),
+    ("dir", {"type": "dir", "mode": "0700", "owner": "postgres", "group": "postgres"}, ["attrs"]),
+    ("datadir", {"type": "missing"}, ["mkdir"]),
+    # PostgreSQL's entrypoint owns its data dir: converge never takes it back
+    ("datadir", {"type": "dir", "mode": "0700", "owner": "postgres", "group": "postgres"}, []),
+])
+def test_container_owned_dir_is_created_never_reowned(kind, facts, actions):
+    e = Entry(path="/opt/d/postgres-data", mode="0755", owner="root", group="root", service="ente",
+              src="", reload="none", kind=kind)
+    assert [o.action.value for o in converge.plan([e], {e.path: facts})] == actions
+
+
 def test_block_compares_only_the_block():
     block = f"{MANAGED_BEGIN}\nnameserver 127.0.0.1\n{MANAGED_END}\n".encode()
     e = entry("/etc/resolv.conf", block, merge="block")
@@ -211,7 +224,8 @@ def test_agent_refuses_unknown_kinds_and_installs_nothing(tmp_path, field, value
     assert report["installed"] == [] and not (root / "etc/x").exists()
 
 
-def test_unimplemented_reload_is_reported_skipped_not_reloaded(tmp_path):
+def test_unimplemented_reload_is_reported_skipped_not_reloaded(tmp_path, monkeypatch):
+    monkeypatch.setitem(vocab.NOT_IMPLEMENTED, vocab.Reload.ENTE_STACK, "not started by the lab yet")
     op = Op("/etc/x", Action.WRITE, "0644", "root", "root", reload=vocab.Reload.ENTE_STACK).to_dict()
     report = agent.apply(_bundle_dir(tmp_path, [op]), root=tmp_path / "root", reload=True)
     assert report["installed"] == ["write /etc/x"]

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from test_settings import snapshot
 from test_template_apache import apache_t, server_root
 
-from entelab import grammar, render, state
+from entelab import grammar, payload, render, state
 from entelab import secrets as secrets_mod
 from entelab.errors import SettingsError
 from entelab.settings import DEFAULTS_FILE, load_settings
@@ -287,7 +287,7 @@ def check_compose(tree: Tree, s, work: Path) -> None:
     museum = cfg["services"]["ente-museum"]
     assert museum["environment"]["ENTE_DB_PASSWORD"] == tree.secrets.db_password
     assert museum["environment"]["ENTE_KEY_ENCRYPTION"] == tree.secrets.key_encryption
-    assert museum["image"] == s.images.museum
+    assert museum["image"] == payload.images_for(s)["museum"]
     assert museum["networks"][s.docker.network]["ipv4_address"] == s.docker.museum_ip
     assert (museum["environment"]["ENTE_INTERNAL_HARDCODED_OTT_EMAILS"] or "") == " ".join(s.ott)
     assert not list(d.glob(CANARY)) and not list(work.glob(CANARY))
@@ -317,6 +317,8 @@ def attempt(lab: Lab, kind: str, key: str, value, sendmail: bool = False) -> str
         doc = _nested(key, value)
         if sendmail and key != "mta":
             doc["mta"] = "sendmail"
+        if key.startswith("images."):    # image names reach the compose file with these payloads
+            doc["stack"] = {"payload": "official"}
         lab.settings_file.write_text(yaml.safe_dump(doc, allow_unicode=True))
     else:
         data = yaml.safe_load(lab.good_secrets)

@@ -7,10 +7,27 @@ import re
 import shutil
 import subprocess
 
+import pytest
 import yaml
 from conftest import load, need, render_into
 
+from entelab import payload
+
 D = "/usr/local/docker-ente"
+
+
+@pytest.fixture(scope="module")
+def rendered_official(tmp_path_factory, lab_secrets):
+    return render_into(tmp_path_factory.mktemp("rootfs-official"), load(["stack.payload=official"]),
+                       lab_secrets)
+
+
+@pytest.fixture(scope="module")
+def rendered_tarball(tmp_path_factory, lab_secrets):
+    archive = tmp_path_factory.mktemp("archive") / "ente-images.tar"
+    archive.write_bytes(b"")
+    return render_into(tmp_path_factory.mktemp("rootfs-tarball"),
+                       load(["stack.payload=tarball", f"stack.tarball={archive}"]), lab_secrets)
 
 
 def compose_config(rendered, tmp_path, *extra) -> subprocess.CompletedProcess:
@@ -40,7 +57,7 @@ def test_docker_compose_1_29_accepts_it(rendered, tmp_path):
     assert museum["environment"]["ENTE_DB_PASSWORD"] == sec.db_password
     assert museum["environment"]["ENTE_S3_SCW_EU_FR_V3_SECRET"] == sec.minio_secret
     assert museum["networks"][s.docker.network]["ipv4_address"] == s.docker.museum_ip
-    assert museum["image"] == s.images.museum
+    assert museum["image"] == payload.standin_images()["museum"]
     assert "/ping" in " ".join(museum["healthcheck"]["test"])
     prov = cfg["services"]["ente-minio-provision"]
     assert prov["entrypoint"] == ["sh", "/provision.sh", sec.minio_key, sec.minio_secret]
@@ -63,19 +80,51 @@ def test_compose_has_nothing_1_29_refuses(rendered):
     assert "COMPOSE_PROJECT_NAME=ente" in rendered.text(f"{D}/.env")
 
 
-def test_compose_missing_build_context_is_refused(rendered, tmp_path):
+@pytest.mark.parametrize("which", ["standin", "official", "tarball"])
+def test_each_payload_passes_compose_config(which, rendered, rendered_official, rendered_tarball, tmp_path):
+    """Each payload's compose file passes docker-compose 1.29.2 config and names the
+    images of its payload; only the official one builds (from the article's clone)."""
+    tree = {"standin": rendered, "official": rendered_official, "tarball": rendered_tarball}[which]
+    work = tmp_path / "docker-ente"
+    shutil.copytree(tree.path(D), work)
+    if which == "official":      # the article's git clone provides the build contexts
+        (work / "ente-git" / "web").mkdir(parents=True)
+        (work / "ente-git" / "cli").mkdir(parents=True)
+    res = subprocess.run([need("docker-compose"), "--project-directory", str(work),
+                          "-f", str(work / "docker-compose.yml"), "config"],
+                         cwd=work, capture_output=True, text=True)
+    assert res.returncode == 0 and "WARNING" not in res.stderr, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    s = tree.settings
+    images = {name: svc["image"] for name, svc in cfg["services"].items()}
+    built = sorted(name for name, svc in cfg["services"].items() if "build" in svc)
+    if which == "standin":
+        assert images["ente-museum"] == "ente-lab/museum-standin:lab"
+        assert all("standin" in ref for name, ref in images.items()
+                   if name not in ("ente-postgres", "ente-socat")), images
+        assert images["ente-postgres"] == "ente-lab/postgres:15"
+        assert built == []
+    else:
+        assert images["ente-museum"] == s.images.museum == "ghcr.io/ente/server:latest"
+        assert images["ente-minio"] == s.images.minio and images["ente-socat"] == s.images.socat
+        assert not any("standin" in ref for ref in images.values()), images
+        assert built == (["ente-auth-web", "ente-cli"] if which == "official" else [])
+
+
+def test_compose_missing_build_context_is_refused(rendered_official, tmp_path):
     """Sanity check of the tool itself: the validation really runs 1.29.2."""
     work = tmp_path / "bare"
-    shutil.copytree(rendered.path(D), work)
+    shutil.copytree(rendered_official.path(D), work)
     res = subprocess.run([need("docker-compose"), "-f", str(work / "docker-compose.yml"), "config"],
                          cwd=work, capture_output=True, text=True)
     assert res.returncode != 0
 
 
-def test_compose_facts(rendered):
+def test_compose_facts(rendered, rendered_official):
+    assert "ghcr.io/ente/server" in rendered_official.text(f"{D}/docker-compose.yml")
     text = rendered.text(f"{D}/docker-compose.yml")
     s = rendered.settings
-    assert "ghcr.io/ente/server" in text and "ghcr.io/ente-io" not in text
+    assert "ghcr.io/ente-io" not in text and "STAND-INS" in text
     assert '"echo", "1"' not in text
     assert f"127.0.0.1:{s.ports.museum}:8080" in text
     assert f"127.0.0.1:{s.ports.web}:3322" in text
