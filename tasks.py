@@ -46,7 +46,7 @@ def box(c, force=False):
 
 @task(iterable=["set"], help={**SET_HELP})
 def up(c, set=None):
-    """Bring the lab up: prepare -> render -> box -> vagrant up -> converge -> certs -> smoke."""
+    """Bring the lab up: prepare -> render -> box -> vagrant up -> converge -> certs -> stack -> smoke."""
     body.run(body.up, overrides=set or [])
 
 
@@ -72,6 +72,14 @@ def status(c):
 def ssh(c, command=""):
     """Open a shell in the VM (or run one command)."""
     body.run(body.ssh, command=command)
+
+
+@task(help={"service": "A stack service: museum, postgres, minio, minio-provision, socat, auth-web, cli "
+                       "(the 'ente-' prefix may be left out)",
+            "follow": "Keep streaming new lines (Ctrl-C ends)", "tail": "Lines of history to show first"})
+def logs(c, service, follow=False, tail=200):
+    """docker-compose logs of one stack service, in the VM's compose directory."""
+    body.run(body.logs, service=service, follow=follow, tail=int(tail))
 
 
 @task(iterable=["set"], help={**SET_HELP})
@@ -152,7 +160,7 @@ def resume_(c):
 ns = Collection()
 ns.add_collection(Collection("host", prepare, restore))
 ns.add_collection(Collection("lab", render, settings, box, up, down, destroy, status, ssh,
-                             converge, certs, renew))
+                             logs, converge, certs, renew))
 tests = Collection("test")
 tests.add_task(host_tests, "host")
 tests.add_task(vm_tests, "vm")

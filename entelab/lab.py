@@ -9,7 +9,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from . import accel, certs, converge, health, host, snapshot, vm
+from . import accel, certs, converge, health, host, payload, snapshot, stack, vm
 from . import box as boxmod
 from . import secrets as secrets_mod
 from .errors import LabError
@@ -45,9 +45,16 @@ def up(paths: LabPaths, settings: Settings) -> None:
     with stage("boot: wait for rc.M (rc-slackware.service) to finish starting services"):
         g = guest(paths)
         health.wait_boot(g)
+    if settings.stack.payload == "auto":
+        settings = payload.resolve_auto(g, settings)
+        with stage("render (the resolved payload)"):
+            render_lab(paths, settings)
+    payload.deliver(g, settings)
     converge.converge(g, paths)
     certs.issue(g, paths)
     health.smoke(g, settings)
+    stack.start(g, settings)
+    stack.smoke(g, settings)
 
 
 def status(paths: LabPaths) -> None:
@@ -63,7 +70,8 @@ def status(paths: LabPaths) -> None:
     table.add_row("state dir", str(paths.home))
     if st["state"] == "running":
         _guest_status(paths, table)
-    console.print(table)
+    else:
+        console.print(table)
 
 
 def _guest_status(paths: LabPaths, table: Table) -> None:
@@ -72,9 +80,12 @@ def _guest_status(paths: LabPaths, table: Table) -> None:
         g = guest(paths)
         for name, st in health.services(g).items():
             table.add_row(f"rc.{name}", st if st == "stopped" else f"[green]{st}[/]")
+        table.add_row("stack.payload", stack.payload_in_guest(g))
         last = converge.last_converge(g)
+        found = stack.containers(g)
     except LabError as exc:     # status must still print what it has
         table.add_row("guest", f"[red]unreachable over SSH: {escape(exc.message)}[/]")
+        console.print(table)
         return
     if last:
         table.add_row("last converge", f"{last.get('time', '?')}: {last.get('changed', 0)} changed, "
@@ -82,3 +93,5 @@ def _guest_status(paths: LabPaths, table: Table) -> None:
                       f"{len(last.get('refused', {}))} refused")
     else:
         table.add_row("last converge", "never")
+    console.print(table)
+    console.print(stack.table(found) if found else "Ente stack: no containers (./labctl lab.up starts it)")

@@ -11,6 +11,7 @@ Exit codes (README): 0 ok, 1 a stage failed, 2 bad input (nothing changed),
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 import traceback
@@ -120,6 +121,13 @@ def status() -> None:
 def ssh(command: str = "") -> None:
     from . import vm
     vm.ssh(_paths(), command=command)
+
+
+def logs(service: str, follow: bool = False, tail: int = 200) -> None:
+    from . import stack, vm
+    name = stack.service_name(service)
+    args = ["logs", "--no-color", f"--tail={tail}"] + (["--follow"] if follow else []) + [name]
+    vm.ssh(_paths(), command="sudo sh -c " + shlex.quote(stack.compose_command(load(), *args)))
 
 
 def converge_lab(overrides: Sequence[str]) -> None:
