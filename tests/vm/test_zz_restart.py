@@ -3,7 +3,8 @@
 The same VM comes back with its disk intact; the rc.d scripts bring every
 service back at boot (one rc unit, as Slackware's rc.M); pebble restarted with
 a new root and no accounts, yet a forced renewal succeeds, and host-side
-clients verify the served certificate with the republished root.
+clients verify the served certificate with the republished root. The Ente
+stack comes back with the boot and answers /ping through Apache.
 """
 
 import socket
@@ -12,7 +13,7 @@ import uuid
 
 import pytest
 
-from entelab import certs, health, lab, vm
+from entelab import certs, health, lab, probes, stack, vm
 
 pytestmark = pytest.mark.vm
 
@@ -42,6 +43,9 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
         # every service came back through rc-slackware.service at boot
         assert set(health.services(g2).values()) == {"running"}, health.services(g2)
         assert g2.run("systemctl is-active rc-slackware.service", sudo=False).stdout.strip() == "active"
+        # the Ente stack came back at boot (rc.ente after rc.docker), healthy, and answers
+        assert stack.problems(stack.containers(g2)) == []
+        assert "pong" in probes.https_get(g2, settings.api_host, "/ping")["body"]
         # pebble restarted: new marker, new root, republished to the host
         assert g2.run(f"cat {certs.PEBBLE_MARKER}").stdout != old_marker
         new_root = (paths.home / "acme-root.pem").read_text()
