@@ -20,12 +20,13 @@ from rich.table import Table
 
 from .errors import GuestCommandError, StageFailed
 from .guest import Guest
+from .probes import LAB_ROOT as GUEST_ROOT
 from .progress import console, info, stage
 from .settings import Settings
 from .state import LabPaths
 
 PEBBLE_MARKER = "/run/ente-lab/pebble.started"
-GUEST_ROOT = "/etc/ente-lab/acme-root.pem"
+HOST_ROOT_NAME = "acme-root.pem"            # in the lab's state dir on the host
 REFRESH = "/usr/local/sbin/ente-lab-acme-refresh"
 PEBBLE_LOG_HINT = "./labctl lab.ssh --command 'sudo tail -50 /var/log/pebble.log'"
 HOOK_LOG_HINT = ("the hook's output above names the check that failed; "
@@ -97,12 +98,18 @@ def ensure_pebble(guest: Guest) -> None:
               hint=PEBBLE_LOG_HINT)
 
 
-def publish_root(guest: Guest, paths: LabPaths) -> Path:
-    """Copy the current pebble root to the host state dir (for host-side clients)."""
-    dest = paths.home / "acme-root.pem"
+def publish_root(guest: Guest, paths: LabPaths) -> tuple[Path, bool]:
+    """Copy the guest's current pebble root to the host state dir (for host-side
+    clients); returns (path, changed)."""
+    pem = guest.read(GUEST_ROOT)
+    if "BEGIN CERTIFICATE" not in pem:
+        raise StageFailed(f"no pebble root at {GUEST_ROOT} in the VM",
+                          hint="./labctl lab.certs issues and publishes it")
+    dest = paths.home / HOST_ROOT_NAME
+    old = dest.read_text() if dest.exists() else ""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(guest.run(f"cat {GUEST_ROOT}", sudo=False).stdout)
-    return dest
+    dest.write_text(pem)
+    return dest, pem != old
 
 
 def issue_with(guest: Guest, paths: LabPaths, force: bool = False) -> str:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from . import hostrun, vm
+from . import certs, hostrun, vm
 from .errors import EXIT_BAD_INPUT, LabError, StageFailed
 from .guest import Guest
 from .progress import console, info, stage, warn
@@ -53,8 +53,6 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,40}")
 NAME_RULE = ("1-41 characters: lower-case letters, digits, '.', '_' or '-', "
              "starting with a letter or digit")
 MAX_SNAPSHOTS = 5
-GUEST_ROOT = "/etc/ente-lab/acme-root.pem"
-HOST_ROOT_NAME = "acme-root.pem"
 MAX_CLOCK_SKEW = 2.0      # seconds; after recover the guest must be this close to the host
 LIST_HINT = "./labctl lab.snapshots"
 RELEASE = "_ente-lab-release"   # forget()'s throwaway snapshot; outside the name grammar
@@ -272,19 +270,6 @@ def ensure_services(guest: Guest) -> list[str]:
     return [line.split()[1] for line in res.stdout.splitlines() if line.startswith("restarting ")]
 
 
-def republish_root(guest: Guest, paths: LabPaths) -> tuple[Path, bool]:
-    """Copy the guest's pebble root to the host state dir; (path, changed)."""
-    pem = guest.read(GUEST_ROOT)
-    if "BEGIN CERTIFICATE" not in pem:
-        raise StageFailed(f"no pebble root at {GUEST_ROOT} in the VM",
-                          hint="./labctl lab.certs issues and publishes it")
-    dest = paths.home / HOST_ROOT_NAME
-    old = dest.read_text() if dest.exists() else ""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(pem)
-    return dest, pem != old
-
-
 def address(guest: Guest) -> str:
     """The VM's address on its lab (management) network: where SSH reached it."""
     return str(guest.conn.host)
@@ -318,7 +303,7 @@ def recover(paths: LabPaths, what: str, settings: Settings) -> dict:
                 warn(f"restarted: {', '.join(result['restarted'])}")
         with stage(f"{what}: republish the pebble root, verify TLS from the host",
                   hint="./labctl lab.renew issues a certificate from the running pebble"):
-            root, changed = republish_root(guest, paths)
+            root, changed = certs.publish_root(guest, paths)
             result["address"] = address(guest)
             result["serial"] = host_tls_serial(result["address"], settings.api_host, root)
             result["root_changed"] = changed

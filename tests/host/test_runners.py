@@ -18,6 +18,9 @@ PROBE_ANSWER = json.dumps({"status": 200, "serial": "0A", "san": [], "headers": 
 
 
 def guest_answer(cmd: str) -> object:
+    if "docker inspect" in cmd:             # the stack: seven healthy containers
+        from test_stack_data import HEALTHY
+        return json.dumps(HEALTHY)
     if "is-active" in cmd:
         return "active\n"
     if "base64" in cmd:                     # a Python probe
@@ -59,6 +62,7 @@ def test_set_domain_reaches_smoke_check_and_certificates(recorded_up):
     assert "ente-lab-acme-refresh" in seen            # certificates were issued in the guest
     assert "dig +short" in seen and "ente.other.lan" in seen   # the smoke check asked for other.lan
     assert "darkstar.lan" not in seen, [c for c in rec.decoded() if "darkstar" in c]
+    assert "/etc/rc.d/rc.ente status" in seen        # the stack was checked (and found running)
 
 
 def test_renew_uses_the_tasks_settings(empty_checkout, monkeypatch):
