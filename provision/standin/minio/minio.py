@@ -176,13 +176,16 @@ class S3Handler(BaseHTTPRequestHandler):
     server_version = "MinIO"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+
+    def version_string(self) -> str:
+        return self.server_version
     store: Store
     creds: dict[str, str]
     region: str
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (BaseHTTPRequestHandler's name)
+    def log_message(self, format: str, *args: Any) -> None:
         if os.environ.get("MINIO_STANDIN_ACCESS_LOG"):
-            log("%s - %s" % (self.address_string(), format % args))
+            log(f"{self.address_string()} - {format % args}")
 
     # -------------------------------------------------- plumbing
     def _send(self, status: int, body: bytes = b"", ctype: str = "application/xml",
@@ -401,7 +404,7 @@ CONSOLE_PAGE = b"""<!doctype html>
 class ConsoleHandler(BaseHTTPRequestHandler):
     server_version = "MinIO-Console-standin"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -487,10 +490,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, stop)
     log("ente-lab stand-in for minio/minio (NOT MinIO: a small S3-compatible server for the lab)")
     log(f"MinIO Object Storage Server (stand-in) Version: {VERSION}")
-    log(f"API: http://{api.server_address[0]}:{api.server_address[1]}")
+    log("API: http://{}:{}".format(*api.server_address[:2]))
     if console:
-        host, port = servers[1].server_address[:2]
-        log(f"WebUI: http://{host}:{port} (stand-in page, no console)")
+        log("WebUI: http://{}:{} (stand-in page, no console)".format(*servers[1].server_address[:2]))
     log(f"Data directory: {os.path.abspath(data)}")
     try:
         api.serve_forever(poll_interval=0.2)
