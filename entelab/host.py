@@ -47,6 +47,9 @@ TEST_PACKAGES = [
     "apache2", "postfix", "sasl2-bin", "libsasl2-modules", "sendmail-cf", "m4", "sudo",
     "dnsmasq-base", "docker-compose", "shellcheck", "openssl", "curl", "pebble", "dehydrated",
     "git",   # test_scripts_executable_in_git reads the modes git records
+    # The stand-in tests (tests/host/test_standin_*.py): the postgres entrypoint runs the real
+    # PostgreSQL 15 (no daemon: policy-rc.d), node evaluates the web stand-in's config.js.
+    "postgresql-15", "nodejs",
 ]
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
