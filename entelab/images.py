@@ -242,34 +242,49 @@ def build_base(out: Path, log: Path) -> None:
 
 
 # ------------------------------------------------------------------ programs
-def _add(tar: tarfile.TarFile, name: str, *, data: bytes | None = None, mode: int = 0o644,
-         link: str | None = None) -> None:
-    ti = tarfile.TarInfo("./" + name)
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = "root"
-    ti.mtime = 0
-    if link is not None:
-        ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, link, 0o777
-        tar.addfile(ti)
-    elif data is None:
-        ti.type, ti.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(ti)
-    else:
-        ti.size, ti.mode = len(data), mode
-        tar.addfile(ti, io.BytesIO(data))
+class _Appender:
+    """Adds members as root:root, mtime 0. ``docker import`` refuses duplicate paths:
+    a directory the tar has already is skipped, any other existing path is an error."""
 
+    def __init__(self, tar: tarfile.TarFile):
+        self.tar = tar
+        self.seen = {os.path.normpath(m.name).lstrip("/"): m.isdir() for m in tar.getmembers()}
 
-def _add_tree(tar: tarfile.TarFile, src: Path, dest: str) -> None:
-    _add(tar, dest)
-    for path in sorted(src.rglob("*")):
-        name = f"{dest}/{path.relative_to(src).as_posix()}"
-        if path.is_symlink():
-            _add(tar, name, link=os.readlink(path))
-        elif path.is_dir():
-            _add(tar, name)
-        elif path.is_file():
-            _add(tar, name, data=path.read_bytes(),
-                 mode=0o755 if os.access(path, os.X_OK) else 0o644)
+    def add(self, name: str, *, data: bytes | None = None, mode: int = 0o644,
+            link: str | None = None) -> None:
+        is_dir = data is None and link is None
+        if name in self.seen:
+            if is_dir and self.seen[name]:
+                return
+            raise StageFailed(f"/{name} is in the stand-in rootfs already; a stand-in program may "
+                              "not replace it",
+                              hint="rename the program in provision/standin/ or in entelab/images.py")
+        self.seen[name] = is_dir
+        ti = tarfile.TarInfo("./" + name)
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = "root"
+        ti.mtime = 0
+        if link is not None:
+            ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, link, 0o777
+            self.tar.addfile(ti)
+        elif data is None:
+            ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+            self.tar.addfile(ti)
+        else:
+            ti.size, ti.mode = len(data), mode
+            self.tar.addfile(ti, io.BytesIO(data))
+
+    def tree(self, src: Path, dest: str) -> None:
+        self.add(dest)
+        for path in sorted(src.rglob("*")):
+            name = f"{dest}/{path.relative_to(src).as_posix()}"
+            if path.is_symlink():
+                self.add(name, link=os.readlink(path))
+            elif path.is_dir():
+                self.add(name)
+            elif path.is_file():
+                self.add(name, data=path.read_bytes(),
+                         mode=0o755 if os.access(path, os.X_OK) else 0o644)
 
 
 def append_programs(base: Path, src: Path, out: Path) -> None:
@@ -281,12 +296,18 @@ def append_programs(base: Path, src: Path, out: Path) -> None:
                                "cli, web, postgres); restore them from git")
     tmp = out.with_suffix(".partial")
     shutil.copyfile(base, tmp)
-    with tarfile.open(tmp, "a", format=tarfile.GNU_FORMAT) as tar:
-        _add(tar, "opt")
-        _add_tree(tar, src, STANDIN_PREFIX)
-        for name, rel in LINKS.items():
-            _add(tar, f"usr/local/bin/{name}", link=f"/{STANDIN_PREFIX}/{rel}")
-        _add_tree(tar, src / WEB_APP, "app")
+    try:
+        with tarfile.open(tmp, "a", format=tarfile.GNU_FORMAT) as tar:
+            app = _Appender(tar)
+            for d in ("opt", "usr", "usr/local", "usr/local/bin"):
+                app.add(d)
+            app.tree(src, STANDIN_PREFIX)
+            for name, rel in LINKS.items():
+                app.add(f"usr/local/bin/{name}", link=f"/{STANDIN_PREFIX}/{rel}")
+            app.tree(src / WEB_APP, "app")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.rename(out)
 
 

@@ -281,3 +281,27 @@ def test_guest_load_is_idempotent(tmp_path):
     assert [c for c in calls3 if c.startswith(("import", "build"))] == \
         ["build --quiet -t ente-lab/mc-standin:lab -"]
     assert run("bogus").returncode == 2
+
+
+def test_appended_tar_has_no_duplicate_paths(checkout, tmp_path):
+    """docker import refuses a tar with a path twice: dirs the base has are not re-added."""
+    base, out = tmp_path / "base.tar", tmp_path / "out.tar"
+    with tarfile.open(base, "w") as tar:
+        for d in ("./", "./opt", "./usr", "./usr/local", "./usr/local/bin"):
+            ti = tarfile.TarInfo(d)
+            ti.type = tarfile.DIRTYPE
+            tar.addfile(ti)
+    images.append_programs(base, checkout / "provision" / "standin", out)
+    with tarfile.open(out) as tar:
+        names = [m.name.removeprefix("./").rstrip("/") for m in tar.getmembers()]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_program_may_not_replace_a_base_file(checkout, tmp_path):
+    base = tmp_path / "base.tar"
+    with tarfile.open(base, "w") as tar:
+        ti = tarfile.TarInfo("./usr/local/bin/museum")
+        tar.addfile(ti, io.BytesIO(b""))
+    with pytest.raises(StageFailed, match="/usr/local/bin/museum"):
+        images.append_programs(base, checkout / "provision" / "standin", tmp_path / "out.tar")
+    assert not (tmp_path / "out.tar").exists() and not (tmp_path / "out.partial").exists()
