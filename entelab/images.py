@@ -172,7 +172,8 @@ def base_hash() -> str:
 def recipe_hash(root: Path) -> str:
     """sha256 over the base recipe, the programs in provision/standin/ and the image list."""
     h = hashlib.sha256(base_hash().encode())
-    h.update(json.dumps({"links": LINKS, "web": WEB_APP, "prefix": STANDIN_PREFIX,
+    # "append": bump it when append_programs() lays out the tar differently
+    h.update(json.dumps({"append": 2, "links": LINKS, "web": WEB_APP, "prefix": STANDIN_PREFIX,
                          "images": [img.dockerfile("") for img in IMAGES]}, sort_keys=True).encode())
     _tree_digest(h, standin_dir(root))
     return h.hexdigest()
@@ -250,8 +251,8 @@ class _Appender:
         self.tar = tar
         self.seen = {os.path.normpath(m.name).lstrip("/"): m.isdir() for m in tar.getmembers()}
 
-    def add(self, name: str, *, data: bytes | None = None, mode: int = 0o644,
-            link: str | None = None) -> None:
+    def add(self, name: str, *, data: bytes | None = None, mode: int | None = None,
+            link: str | None = None, owner: tuple[int, int] = (0, 0)) -> None:
         is_dir = data is None and link is None
         if name in self.seen:
             if is_dir and self.seen[name]:
@@ -261,18 +262,35 @@ class _Appender:
                               hint="rename the program in provision/standin/ or in entelab/images.py")
         self.seen[name] = is_dir
         ti = tarfile.TarInfo("./" + name)
-        ti.uid = ti.gid = 0
-        ti.uname = ti.gname = "root"
+        ti.uid, ti.gid = owner
         ti.mtime = 0
         if link is not None:
             ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, link, 0o777
             self.tar.addfile(ti)
         elif data is None:
-            ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+            ti.type, ti.mode = tarfile.DIRTYPE, 0o755 if mode is None else mode
             self.tar.addfile(ti)
         else:
-            ti.size, ti.mode = len(data), mode
+            ti.size, ti.mode = len(data), 0o644 if mode is None else mode
             self.tar.addfile(ti, io.BytesIO(data))
+
+    def user(self, name: str) -> tuple[int, int] | None:
+        """uid, gid of ``name`` in the base's /etc/passwd (None: no such user)."""
+        try:
+            member = self.tar.getmember("./etc/passwd")
+        except KeyError:
+            return None
+        fh = self.tar.fileobj          # mode "a" cannot extractfile(): read it in place
+        assert fh is not None
+        pos = fh.tell()
+        fh.seek(member.offset_data)
+        text = fh.read(member.size).decode()
+        fh.seek(pos)
+        for line in text.splitlines():
+            f = line.split(":")
+            if len(f) > 3 and f[0] == name:
+                return int(f[2]), int(f[3])
+        return None
 
     def tree(self, src: Path, dest: str) -> None:
         self.add(dest)
@@ -305,6 +323,10 @@ def append_programs(base: Path, src: Path, out: Path) -> None:
             for name, rel in LINKS.items():
                 app.add(f"usr/local/bin/{name}", link=f"/{STANDIN_PREFIX}/{rel}")
             app.tree(src / WEB_APP, "app")
+            # mmdebstrap empties /run; PostgreSQL's socket dir, as the official image makes it
+            pg = app.user("postgres")
+            if pg:
+                app.add("run/postgresql", mode=0o3777, owner=pg)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

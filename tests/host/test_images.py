@@ -305,3 +305,16 @@ def test_program_may_not_replace_a_base_file(checkout, tmp_path):
     with pytest.raises(StageFailed, match="/usr/local/bin/museum"):
         images.append_programs(base, checkout / "provision" / "standin", tmp_path / "out.tar")
     assert not (tmp_path / "out.tar").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_postgres_socket_dir_owned_by_the_base_postgres_user(checkout, tmp_path):
+    base, out = tmp_path / "base.tar", tmp_path / "out.tar"
+    with tarfile.open(base, "w") as tar:
+        data = b"root:x:0:0:root:/root:/bin/sh\npostgres:x:101:104::/var/lib/postgresql:/bin/sh\n"
+        ti = tarfile.TarInfo("./etc/passwd")
+        ti.size = len(data)
+        tar.addfile(ti, io.BytesIO(data))
+    images.append_programs(base, checkout / "provision" / "standin", out)
+    with tarfile.open(out) as tar:
+        run_pg = tar.getmember("./run/postgresql")
+    assert run_pg.isdir() and (run_pg.uid, run_pg.gid) == (101, 104) and run_pg.mode == 0o3777
