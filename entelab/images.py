@@ -133,7 +133,9 @@ IMAGES = [
     Image("ente-lab/minio-standin:lab", "minio/minio:latest", True, entrypoint=["minio"],
           cmd=["server", "/data"]),
     Image("ente-lab/mc-standin:lab", "minio/mc:latest", True, entrypoint=["mc"]),
-    Image("ente-lab/auth-web-standin:lab", "ente-auth-web:latest", True, env={"PORT": "3322"},
+    # NO_UPDATE_CHECK: serve would ask the npm registry for a newer serve at each start
+    Image("ente-lab/auth-web-standin:lab", "ente-auth-web:latest", True,
+          env={"PORT": "3322", "NO_UPDATE_CHECK": "1"},
           workdir="/app", cmd=["auth-web-standin"]),
     Image("ente-lab/cli-standin:lab", "ente-cli:latest", True, cmd=["/bin/sh"]),
 ]

@@ -152,7 +152,7 @@ def test_postgres_and_web_metadata():
     assert 'PGDATA="/var/lib/postgresql/data"' in pg["ENV"]
     assert any(e.startswith('PATH="/usr/lib/postgresql/15/bin:') for e in pg["ENV"])
     web = _instructions(next(i for i in images.IMAGES if "auth-web" in i.name).dockerfile("h"))
-    assert web["ENV"] == ['PORT="3322"'] and web["WORKDIR"] == ["/app"]
+    assert web["ENV"] == ['PORT="3322"', 'NO_UPDATE_CHECK="1"'] and web["WORKDIR"] == ["/app"]
     museum = _instructions(next(i for i in images.IMAGES if "museum" in i.name).dockerfile("h"))
     assert museum["WORKDIR"] == ["/"]
 
