@@ -1,7 +1,9 @@
 """The lab's base box: Debian 12 built offline with mmdebstrap, cached by recipe.
 
 Recipe = the package list + the build options + every file under provision/box/
-(the hooks) and provision/guest/ (overlay + setup.sh, applied in the image).
+(the hooks) and provision/guest/ (overlay + setup.sh, applied in the image) +
+the stand-in images' recipe hash (entelab/images.py: their rootfs tar and
+manifest are baked into the box at /var/lib/ente-lab/images/).
 The box file is cached as ``<box_cache>/debian12-<hash12>.box``; it is rebuilt
 only when the recipe hash changes (or with force), and re-added to Vagrant
 (VAGRANT_HOME per lab) only when the installed box has another hash. Replacing
@@ -19,7 +21,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from . import vocab
+from . import images, vocab
 from .errors import StageFailed
 from .hostrun import run, vagrant, virsh
 from .progress import info, stage, warn
@@ -95,7 +97,8 @@ def recipe_hash(root: Path) -> str:
     h = hashlib.sha256()
     meta = {"suite": SUITE, "mirrors": MIRRORS, "packages": sorted(PACKAGES),
             "debconf": DEBCONF, "size": IMAGE_SIZE, "format": 2,
-            "services": [sv.services_line for sv in vocab.SERVICES]}
+            "services": [sv.services_line for sv in vocab.SERVICES],
+            "standin_images": images.recipe_hash(root)}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for rel, data in _tree_entries(box_dir(root), "box") + _tree_entries(guest_dir(root), "guest"):
         h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
@@ -111,8 +114,12 @@ def installed_file(p: LabPaths) -> Path:
 
 
 # ------------------------------------------------------------------ image
-def build_image(p: LabPaths, out: Path) -> None:
-    """mmdebstrap -> ext4 -> qcow2 -> box tarball at ``out``."""
+def build_image(p: LabPaths, out: Path, standin: tuple[Path, Path]) -> None:
+    """mmdebstrap -> ext4 -> qcow2 -> box tarball at ``out``.
+
+    ``standin``: the stand-in images' (tar, manifest), copied into the image at
+    images.GUEST_DIR (the guest imports them once: ente-lab-images load).
+    """
     log = p.logs / "box-build.log"
     work = p.home / "boxbuild"
     if work.exists():
@@ -132,6 +139,8 @@ def build_image(p: LabPaths, out: Path) -> None:
         "--customize-hook=" + f"mkdir -p \"$1/etc/ente-lab\" && printf '%s\\n' {services} "
                               f"> \"$1{vocab.SERVICES_FILE}\"",
         "--customize-hook=" + f"sh {q(hooks / 'guest-hook.sh')} \"$1\" {q(guest_dir(p.root))}",
+        "--customize-hook=" + f"mkdir -p \"$1{images.GUEST_DIR}\" && cp {q(standin[0])} \"$1{images.GUEST_DIR}/\" "
+                              f"&& cp {q(standin[1])} \"$1{images.GUEST_DIR}/manifest.json\"",
         "--customize-hook=" + "chroot \"$1\" apt-get clean",
         SUITE, str(rootfs), *MIRRORS,
     ]
@@ -195,7 +204,8 @@ def build(paths: LabPaths, force: bool = False, vm_exists: bool | None = None,
         if out.exists() and not force:
             info(f"  cached: {out}")
         else:
-            build_image(paths, out)
+            standin = images.build(paths)      # cached by its own recipe hash
+            build_image(paths, out, standin)
             info(f"  built: {out} ({out.stat().st_size / 2**20:.0f} MiB)")
         for stale in paths.box_cache.glob("debian12-*.box"):
             if stale != out:

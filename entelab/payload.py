@@ -32,16 +32,8 @@ AUTO_PROBE_SECONDS = 5
 
 def standin_images() -> dict[str, str]:
     """settings.images key -> the stand-in (or real, Debian-built) image."""
-    return dict(_STANDIN)
-
-
-# TODO(merge): from entelab/images.py
-_STANDIN = {
-    "museum": "ente-lab/museum-standin:lab", "postgres": "ente-lab/postgres:15",
-    "minio": "ente-lab/minio-standin:lab", "mc": "ente-lab/mc-standin:lab",
-    "socat": "ente-lab/socat:1", "auth_web": "ente-lab/auth-web-standin:lab",
-    "cli": "ente-lab/cli-standin:lab",
-}
+    from .images import IMAGES
+    return {img.key: img.name for img in IMAGES}
 
 
 def images_for(settings: Settings) -> dict[str, str]:

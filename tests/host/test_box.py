@@ -22,6 +22,8 @@ def recipe_root(tmp_path: Path) -> Path:
         shutil.copytree(ROOT / "provision" / "guest", root / "provision" / "guest", symlinks=True)
     else:
         (root / "provision" / "guest").mkdir()
+    if (ROOT / "provision" / "standin").exists():    # the stand-in programs are baked in too
+        shutil.copytree(ROOT / "provision" / "standin", root / "provision" / "standin", symlinks=True)
     return root
 
 
