@@ -124,7 +124,8 @@ class Image:
 
 # The one definition of the lab's images.
 IMAGES = [
-    Image("ente-lab/postgres:15", key="postgres", upstream="postgres:15", standin=False, entrypoint=["docker-entrypoint.sh"],
+    Image("ente-lab/postgres:15", key="postgres", upstream="postgres:15", standin=False,
+          entrypoint=["docker-entrypoint.sh"],
           cmd=["postgres"], stopsignal="SIGINT",
           env={"PGDATA": "/var/lib/postgresql/data",
                "PATH": "/usr/lib/postgresql/15/bin:" + STD_PATH}),
