@@ -150,6 +150,11 @@ def _chown(path: str | Path, op: vocab.Op) -> None:
         os.chown(path, uid, gid)
 
 
+def _running(service: vocab.Reload, root: Path) -> bool:
+    script = root / "etc/rc.d" / vocab.RC_SCRIPT[service]
+    return script.exists() and _sibling("agent_validate").run(f"{script} status")[0] == 0
+
+
 def _reload(service: vocab.Reload, root: Path) -> tuple[bool, str]:
     if service in vocab.RC_SCRIPT:
         script = root / "etc/rc.d" / vocab.RC_SCRIPT[service]
@@ -211,6 +216,8 @@ def apply(bundle: Path, root: Path = Path("/"), reload: bool = True) -> dict:
                 report["skipped"][service.value] = vocab.NOT_IMPLEMENTED[service]
             elif not reload:
                 report["would_reload"].append(service.value)
+            elif service in vocab.ONLY_WHEN_RUNNING and not _running(service, root):
+                report["skipped"][service.value] = vocab.ONLY_WHEN_RUNNING[service]
             else:
                 ok, out = _reload(service, root)
                 if ok:

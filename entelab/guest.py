@@ -86,16 +86,19 @@ class Guest:
 
     # ---------------------------------------------------------------- verbs
     def run(self, cmd: str, *, sudo: bool = True, check: bool = True, timeout: float | None = None,
-            hint: str = "", shown: str | None = None) -> Result:
+            hint: str = "", shown: str | None = None, stream: bool = False) -> Result:
         """Run ``cmd`` with ``sh -c`` (as root unless ``sudo=False``).
 
         ``shown`` replaces the command in errors (e.g. a short name for a long
         program). A non-zero exit raises ``GuestCommandError`` when ``check``.
+        ``stream`` shows the output line by line as it comes (secrets redacted),
+        for long steps.
         """
         full = f"sudo -n sh -c {shlex.quote(cmd)}" if sudo else cmd
         self.round_trips += 1
+        kw: dict = {"out_stream": _LineEcho(self), "err_stream": _LineEcho(self)} if stream else {}
         try:
-            res = self.conn.run(full, hide=True, warn=True, timeout=timeout)
+            res = self.conn.run(full, hide=not stream, warn=True, timeout=timeout, **kw)
         except CommandTimedOut:
             raise GuestCommandError(self.redact(shown or cmd), 124, f"timed out after {timeout}s",
                                     hint=hint) from None
@@ -147,3 +150,23 @@ class Guest:
     def read(self, path: str, sudo: bool = True) -> str:
         """A file's text (empty when it does not exist)."""
         return self.run(f"cat {shlex.quote(path)} 2>/dev/null || true", sudo=sudo).stdout
+
+
+class _LineEcho:
+    """A stream for Fabric's ``out_stream``: prints each complete line, indented and
+    with the guest's secrets redacted, as the command produces it."""
+
+    def __init__(self, guest: Guest):
+        self.guest = guest
+        self.buf = ""
+
+    def write(self, data: str) -> int:
+        from .progress import info
+        self.buf += data
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            info("  " + self.guest.redact(line))
+        return len(data)
+
+    def flush(self) -> None:
+        pass

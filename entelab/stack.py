@@ -177,9 +177,8 @@ def start(guest: Guest, settings: Settings) -> None:
         if guest.run("/etc/rc.d/rc.ente status", check=False).ok:
             info("  the stack is running")
             return
-        res = guest.run("/etc/rc.d/rc.ente start", check=False)
-        for line in (res.stdout + res.stderr).strip().splitlines()[-15:]:
-            info("  " + line)
+        info("  first start in a VM: the stand-in images are imported once, then docker-compose up -d")
+        res = guest.run("/etc/rc.d/rc.ente start", check=False, stream=True)
         if not res.ok:
             raise StageFailed("rc.ente start failed in the VM",
                               hint="./labctl lab.logs ente-museum; ./labctl lab.ssh --command "

@@ -106,6 +106,11 @@ RC_SCRIPT: dict[Reload, str] = {
 }
 # reloads with no implementation yet: reported as skipped, never as reloaded
 NOT_IMPLEMENTED: dict[Reload, str] = {}
+# reloads done only when the service runs (a stopped one is not started by converge)
+ONLY_WHEN_RUNNING: dict[Reload, str] = {
+    Reload.ENTE_STACK: "the stack is not running: lab.up (or /etc/rc.d/rc.ente start) starts it",
+    Reload.DOCKER_NETWORK: "the stack is not running: rc.ente start creates the network",
+}
 
 
 class UnknownKind(ValueError):

@@ -243,3 +243,24 @@ def test_facts_program_runs_standalone_with_its_vocabulary(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)[str(tmp_path / "f")]["sha256"] == hashlib.sha256(b"hello\n").hexdigest()
+
+
+@pytest.mark.parametrize("running,expect", [(False, "skipped"), (True, "reloaded")])
+def test_stack_reload_only_when_the_stack_runs(tmp_path, running, expect):
+    """converge re-creates what changed in a running stack (rc.ente reload) but never
+    starts a stopped one: lab.up starts it after the certificates."""
+    root = tmp_path / "root"
+    rc_d = root / "etc/rc.d"
+    rc_d.mkdir(parents=True)
+    log = tmp_path / "calls"
+    (rc_d / "rc.ente").write_text(f'#!/bin/sh\necho "$1" >> {log}\n'
+                                  f'[ "$1" = status ] && exit {0 if running else 3}\nexit 0\n')
+    (rc_d / "rc.ente").chmod(0o755)
+    op = Op("/etc/x", Action.WRITE, "0644", "root", "root", reload=vocab.Reload.ENTE_STACK).to_dict()
+    report = agent.apply(_bundle_dir(tmp_path, [op]), root=root, reload=True)
+    calls = log.read_text().split()
+    if expect == "skipped":
+        assert "ente-stack" in report["skipped"] and report["reloaded"] == []
+        assert calls == ["status"]
+    else:
+        assert report["reloaded"] == ["ente-stack"] and "reload" in calls and "start" not in calls
