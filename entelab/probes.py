@@ -34,12 +34,13 @@ HTTPS_GET = _PRELUDE + textwrap.dedent("""
         conn = http.client.HTTPSConnection(host, port, context=ctx(), timeout=20)
     else:
         conn = http.client.HTTPConnection(host, port, timeout=20)
-    conn.request(ARGS.get("method", "GET"), path, headers=ARGS.get("headers", {}))
+    conn.request(ARGS.get("method", "GET"), path, body=ARGS.get("body"), headers=ARGS.get("headers", {}))
+    # the certificate before the response: a "Connection: close" answer closes the socket
+    cert = conn.sock.getpeercert() if scheme == "https" else {}
     r = conn.getresponse()
     body = r.read().decode(errors="replace")
     out = {"status": r.status, "headers": [[k, v] for k, v in r.getheaders()], "body": body}
     if scheme == "https":
-        cert = conn.sock.getpeercert()
         out["serial"] = cert.get("serialNumber")
         out["san"] = [v for k, v in cert.get("subjectAltName", ())]
     print(json.dumps(out))
