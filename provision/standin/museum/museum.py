@@ -473,6 +473,11 @@ def make_handler(app: Museum) -> type[BaseHTTPRequestHandler]:
             except Exception as e:
                 app.log.error("unhandled error", error=repr(e), path=req.path)
                 resp = api_error(500, "INTERNAL_SERVER_ERROR", "internal error")
+            # Logged before the answer goes out: a client that got the answer finds the line.
+            latency = time.monotonic() - start
+            app.log.info("request", method=req.method, path=req.path, status=resp.status,
+                         latency=f"{latency * 1000:.3f}ms", client_ip=req.client,
+                         ua=req.header("User-Agent", "-"))
             self.send_response(resp.status)
             for k, v in resp.headers.items():
                 self.send_header(k, v)
@@ -480,10 +485,6 @@ def make_handler(app: Museum) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD" and resp.body:
                 self.wfile.write(resp.body)
-            latency = time.monotonic() - start
-            app.log.info("request", method=req.method, path=req.path, status=resp.status,
-                         latency=f"{latency * 1000:.3f}ms", client_ip=req.client,
-                         ua=req.header("User-Agent", "-"))
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve
 

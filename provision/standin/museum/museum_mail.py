@@ -18,6 +18,7 @@ Not Ente's code. Go's behaviour reproduced with smtplib (stdlib only):
 
 from __future__ import annotations
 
+import email.policy
 import email.utils
 import os
 import re
@@ -155,7 +156,7 @@ class Mailer:
                 smtp.ehlo_or_helo_if_needed()
                 if want_auth:
                     self._auth(smtp)
-                smtp.sendmail(self.from_email, [to], msg.as_bytes())
+                smtp.sendmail(self.from_email, [to], msg.as_bytes(policy=email.policy.SMTP))
             return
         with smtplib.SMTP(self.host, port, local_hostname="localhost", timeout=SEND_TIMEOUT) as smtp:
             smtp.ehlo_or_helo_if_needed()
@@ -170,7 +171,7 @@ class Mailer:
                 if not encrypted and self.host not in LOCALHOST_NAMES:
                     raise MailError("unencrypted connection")    # Go's PlainAuth, before sending anything
                 self._auth(smtp)
-            smtp.sendmail(self.from_email, [to], msg.as_bytes())
+            smtp.sendmail(self.from_email, [to], msg.as_bytes(policy=email.policy.SMTP))
 
     def _auth(self, smtp: smtplib.SMTP) -> None:
         smtp.user, smtp.password = self.username, self.password
