@@ -232,18 +232,22 @@ class Api:
         self.env.update(env or {})
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> Api:
+    def start(self, wait_schema: bool = True) -> Api:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, str(MUSEUM), "--listen", f"127.0.0.1:{self.port}"],
                                      cwd=self.work, env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         wait_port(self.port, self.proc)
-        end = time.monotonic() + 10
-        while "database schema ready" not in self.log():
+        if wait_schema:
+            self.wait_log("database schema ready")
+        return self
+
+    def wait_log(self, text: str, timeout: float = 10) -> None:
+        end = time.monotonic() + timeout
+        while text not in self.log():
             assert time.monotonic() < end, self.log()
             time.sleep(0.05)
-        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -543,3 +547,28 @@ def test_no_credentials_over_plain_text_unless_localhost(museum, db, smtp_server
     assert m3.ott("plain@example.org") == (200, b"")
     assert far.auth_plain == [] and len(far.messages) == 1
     assert parseaddr(str(far.messages[0]["From"])) == ("Ente", "verify@ente.com")
+
+
+# ------------------------------------------------------------------ the database comes later
+def test_museum_starts_without_the_database_and_creates_the_schema_later(tmp_path, pg, db):
+    db.q("DROP TABLE users, key_attributes, otts, tokens, ente_lab_clock CASCADE")
+    db.conn.close()
+    pg.stop()
+    m = Api(tmp_path, pg, {"smtp": {"host": ""}}).start(wait_schema=False)
+    try:
+        m.wait_log("database not ready, will retry creating the schema")
+        assert m.call("GET", "/ping")[0] == 500
+        assert m.ott("late@example.org") == (500, b"{}")
+        assert "database schema ready" not in m.log()
+        pg.start()
+        m.wait_log("database schema ready")
+        d = DB(pg)
+        tables = d.q("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+        assert tables == [("ente_lab_clock",), ("key_attributes",), ("otts",), ("tokens",), ("users",)]
+        assert d.q("SELECT offset_seconds FROM ente_lab_clock") == [(0,)]
+        d.conn.close()
+        assert m.call("GET", "/ping")[0] == 200
+        assert m.ott("late@example.org") == (200, b"")
+        assert m.verify("late@example.org", m.skipped_code("late@example.org"))[0] == 200
+    finally:
+        m.stop()
