@@ -366,6 +366,7 @@ def test_signup_for_a_registered_address_is_409_like_upstream(museum, db):
     status, body = m.ott(addr)
     assert status == 409
     assert json.loads(body) == {"code": "USER_ALREADY_REGISTERED", "message": "User is already registered"}
+    assert m.lines(r'level=warning msg="Request failed" error="USER_ALREADY_REGISTERED : User is already registered"')
     status, body = m.ott("nobody@example.org", "login")
     assert (status, json.loads(body)["code"]) == (404, "USER_NOT_REGISTERED")
     assert m.ott(addr, "login") == (200, b"")
@@ -405,7 +406,8 @@ def test_at_most_ten_live_otts_per_address_and_app(museum, db):
     for _ in range(10):
         assert m.ott(addr) == (200, b"")
     assert m.ott(addr) == (429, b"{}")
-    assert m.lines(r'msg="Request failed" error="too many bad request: Too many ott requests in a short duration"')
+    assert m.lines(r'level=error msg="Request failed" '
+                   r'error="too many bad request: Too many ott requests in a short duration"')
     assert m.ott(addr, package=PHOTOS_PKG)[0] == 200                   # another app: its own ten
     db.clock(3601)                                                      # the ten have expired
     assert m.ott(addr)[0] == 200

@@ -383,9 +383,14 @@ class Museum:
             return
 
     def _failed(self, e: BaseException) -> Response:
-        """handler.Error: log "Request failed" (warning for 4xx, error otherwise) and answer."""
+        """handler.Error: log "Request failed" and answer.
+
+        Warning level for a wrong code/token (401) and for 4xx ApiErrors (409, 404 with a code);
+        error level for the rest (429, 410, 403, 400, 500), as upstream's requestFailureLogLevel.
+        """
         if isinstance(e, museum_users.ApiFailure):
-            self.log.log("warning" if e.status < 500 else "error", "Request failed", error=e.reason)
+            warn = e.status == 401 or (bool(e.body.get("code")) and e.status < 500)
+            self.log.log("warning" if warn else "error", "Request failed", error=e.reason)
             return json_response(e.status, e.body)
         if isinstance(e, museum_mail.MailError):
             self.log.error("Request failed", error=f"failed to send mail: {_one_line(e)}")
