@@ -4,8 +4,9 @@
 Reproduces what the lab checks of Museum: its configuration loading (files, then ENTE_*
 environment overrides by viper's rule), ``GET /ping`` backed by ``SELECT 1`` on PostgreSQL,
 gin's CORS headers on every response, logrus-style log lines on stdout and in
-/var/logs/museum.log. Structured (Router, middlewares, json_response) so that the OTT
-endpoints can be added later. Stdlib + psycopg2 + PyYAML only.
+/var/logs/museum.log, and the sign-up path: ``POST /users/ott`` (with the OTT mail, sent like
+upstream, see museum_mail.py), ``POST /users/verify-email``, ``PUT /users/attributes``
+(museum_users.py). Stdlib + psycopg2 + PyYAML only.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+
+# The siblings (museum_users.py, museum_mail.py): /usr/local/bin/museum is a symlink to this file.
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+import museum_mail  # noqa: E402
+import museum_users  # noqa: E402
 
 STANDIN_ID = "ente-lab-standin"
 DEFAULT_LOG_DIR = "/var/logs"
@@ -188,7 +194,11 @@ def load_config(workdir: Path, environ: Mapping[str, str], log: Logger | None = 
 
 # ------------------------------------------------------------------ database
 class Database:
-    """One connection, re-opened after any failure (so a PostgreSQL restart heals by itself)."""
+    """One connection, re-opened after any failure (so a PostgreSQL restart heals by itself).
+
+    Every new connection first creates the schema (idempotent), so a database that was
+    re-initialised gets its tables back without a Museum restart.
+    """
 
     def __init__(self, db: Mapping[str, Any], timeout: int = 3) -> None:
         self.params = {
@@ -205,20 +215,48 @@ class Database:
         self.lock = threading.Lock()
         self.conn: Any = None
 
-    def ping(self) -> None:
+    def _connect(self) -> Any:
         import psycopg2  # imported here: config tests run without a driver
 
+        conn = psycopg2.connect(**self.params)
+        try:
+            with conn.cursor() as cur:
+                museum_users.create_schema(cur)
+            conn.commit()
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+    def run(self, fn: Callable[[Any], Any]) -> Any:
+        """fn(cursor) in one transaction: committed on return, rolled back on an exception.
+
+        An ApiFailure keeps the connection; any other error closes it (re-opened next time).
+        """
         with self.lock:
             try:
                 if self.conn is None or self.conn.closed:
-                    self.conn = psycopg2.connect(**self.params)
-                    self.conn.autocommit = True
+                    self.conn = self._connect()
                 with self.conn.cursor() as cur:
-                    cur.execute("SELECT 1")
-                    cur.fetchone()
+                    result = fn(cur)
+                self.conn.commit()
+                return result
+            except museum_users.ApiFailure:
+                try:
+                    self.conn.rollback()
+                except Exception:
+                    self.close()
+                raise
             except Exception:
                 self.close()
                 raise
+
+    def ping(self) -> None:
+        def select_one(cur: Any) -> None:
+            cur.execute("SELECT 1")
+            cur.fetchone()
+
+        self.run(select_one)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -311,20 +349,106 @@ def cors_middleware(req: Request, nxt: Handler) -> Response:
 
 
 # ------------------------------------------------------------------ the app
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 class Museum:
-    def __init__(self, config: dict, log: Logger) -> None:
+    def __init__(self, config: dict, log: Logger, environment: str = "local") -> None:
         self.config = config
         self.log = log
         self.db = Database(config.get("db") or {})
+        self.mailer = museum_mail.Mailer(config.get("smtp") or {}, log)
+        self.users = museum_users.Users(self.db.run, config, environment, log, self.mailer.send_ott)
         self.router = Router()
         self.router.use(cors_middleware)
         self.router.add("GET", "/ping", self.ping)
+        self.router.add("POST", "/users/ott", self.send_ott)
+        self.router.add("POST", "/users/verify-email", self.verify_email)
+        self.router.add("PUT", "/users/attributes", self.set_attributes)
+
+    def prepare_schema(self, stop: threading.Event, interval: float = 1.0) -> None:
+        """At start: create the tables, retrying until PostgreSQL answers (the API works meanwhile)."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.db.run(lambda cur: None)     # a new connection creates the schema
+            except Exception as e:
+                if failures % 30 == 0:
+                    self.log.warn("database not ready, will retry creating the schema", error=_one_line(e))
+                failures += 1
+                stop.wait(interval)
+                continue
+            self.log.info("database schema ready", tables="users,key_attributes,otts,tokens,ente_lab_clock")
+            return
+
+    def _failed(self, e: BaseException) -> Response:
+        """handler.Error: log "Request failed" and answer.
+
+        Warning level for a wrong code/token (401) and for 4xx ApiErrors (409, 404 with a code);
+        error level for the rest (429, 410, 403, 400, 500), as upstream's requestFailureLogLevel.
+        """
+        if isinstance(e, museum_users.ApiFailure):
+            warn = e.status == 401 or (bool(e.body.get("code")) and e.status < 500)
+            self.log.log("warning" if warn else "error", "Request failed", error=e.reason)
+            return json_response(e.status, e.body)
+        if isinstance(e, museum_mail.MailError):
+            self.log.error("Request failed", error=f"failed to send mail: {_one_line(e)}")
+        else:
+            self.log.error("Request failed", error=_one_line(e))
+        return json_response(500, {})
+
+    def _body(self, req: Request) -> dict:
+        try:
+            body = req.json()
+        except ValueError as e:
+            raise museum_users.ApiFailure(400, {}, f"bad request: invalid JSON: {e}") from e
+        if not isinstance(body, dict):
+            raise museum_users.ApiFailure(400, {}, "bad request: a JSON object is expected")
+        return body
+
+    @staticmethod
+    def _str(body: dict, key: str) -> str:
+        v = body.get(key, "")
+        if not isinstance(v, str):
+            raise museum_users.ApiFailure(400, {}, f"bad request: {key} must be a string")
+        return v
+
+    def send_ott(self, req: Request) -> Response:
+        """POST /users/ott {"email","purpose"}; the app from X-Client-Package; the old "client" is ignored."""
+        try:
+            body = self._body(req)
+            app = museum_users.app_from_package(req.header("X-Client-Package"))
+            self.users.send_ott(self._str(body, "email"), self._str(body, "purpose"), app)
+        except Exception as e:
+            return self._failed(e)
+        return Response(200)     # upstream: c.Status(200), no body
+
+    def verify_email(self, req: Request) -> Response:
+        try:
+            body = self._body(req)
+            app = museum_users.app_from_package(req.header("X-Client-Package"))
+            result = self.users.verify_email(self._str(body, "email"), self._str(body, "ott"), app, req.client,
+                                             req.header("User-Agent"))
+        except Exception as e:
+            return self._failed(e)
+        return json_response(200, result)
+
+    def set_attributes(self, req: Request) -> Response:
+        try:
+            app = museum_users.app_from_package(req.header("X-Client-Package"))
+            token = req.header("X-Auth-Token") or (req.query.get("token") or [""])[0]
+            user_id = self.users.user_for_token(token, app)
+            self.users.set_attributes(user_id, self._body(req))
+        except Exception as e:
+            return self._failed(e)
+        return Response(200)
 
     def ping(self, req: Request) -> Response:
         try:
             self.db.ping()
         except Exception as e:
-            msg = " ".join(str(e).split()) or type(e).__name__
+            msg = _one_line(e)
             self.log.error("db ping failed", error=msg)
             return api_error(500, "INTERNAL_SERVER_ERROR", f"db ping failed: {msg}")
         return json_response(200, {"message": "pong", "id": STANDIN_ID})
@@ -354,6 +478,11 @@ def make_handler(app: Museum) -> type[BaseHTTPRequestHandler]:
             except Exception as e:
                 app.log.error("unhandled error", error=repr(e), path=req.path)
                 resp = api_error(500, "INTERNAL_SERVER_ERROR", "internal error")
+            # Logged before the answer goes out: a client that got the answer finds the line.
+            latency = time.monotonic() - start
+            app.log.info("request", method=req.method, path=req.path, status=resp.status,
+                         latency=f"{latency * 1000:.3f}ms", client_ip=req.client,
+                         ua=req.header("User-Agent", "-"))
             self.send_response(resp.status)
             for k, v in resp.headers.items():
                 self.send_header(k, v)
@@ -361,10 +490,6 @@ def make_handler(app: Museum) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD" and resp.body:
                 self.wfile.write(resp.body)
-            latency = time.monotonic() - start
-            app.log.info("request", method=req.method, path=req.path, status=resp.status,
-                         latency=f"{latency * 1000:.3f}ms", client_ip=req.client,
-                         ua=req.header("User-Agent", "-"))
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve
 
@@ -379,7 +504,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--workdir", default=".", help="where configurations/, credentials.yaml, museum.yaml are read")
     args = ap.parse_args(argv)
     log = Logger(os.environ.get("MUSEUM_STANDIN_LOG_DIR", DEFAULT_LOG_DIR))
-    log.info("ente-lab stand-in for ghcr.io/ente/server (Museum): NOT Ente's server; /ping and CORS only",
+    log.info("ente-lab stand-in for ghcr.io/ente/server (Museum): NOT Ente's server; "
+             "/ping, CORS, /users/ott, /users/verify-email, /users/attributes only",
              id=STANDIN_ID)
     try:
         config, notes = load_config(Path(args.workdir), os.environ, log)
@@ -388,7 +514,7 @@ def main(argv: list[str]) -> int:
         return 1
     for note in notes:
         log.info("configuration", source=note)
-    app = Museum(config, log)
+    app = Museum(config, log, os.environ.get("ENVIRONMENT") or "local")
     host, _, port = args.listen.rpartition(":")
     server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), make_handler(app))
     server.daemon_threads = True
@@ -400,9 +526,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("starting server", address="{}:{}".format(*server.server_address[:2]))
+    stop_schema = threading.Event()
+    threading.Thread(target=app.prepare_schema, args=(stop_schema,), daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        stop_schema.set()
         server.server_close()
         app.db.close()
     return 0
