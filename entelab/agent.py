@@ -20,11 +20,13 @@ import hashlib
 import json
 import os
 import pwd
+import shlex
 import shutil
 import sys
 import tempfile
 import time
 import types
+from collections.abc import Iterable
 from pathlib import Path
 
 try:                        # on the host (tests, converge's planner) ...
@@ -155,14 +157,19 @@ def _running(service: vocab.Reload, root: Path) -> bool:
     return script.exists() and _sibling("agent_validate").run(f"{script} status")[0] == 0
 
 
-def _reload(service: vocab.Reload, root: Path) -> tuple[bool, str]:
+def _reload(service: vocab.Reload, root: Path, paths: Iterable[str] = ()) -> tuple[bool, str]:
+    """Reload one service; ``paths``: the changed files that asked for it."""
     if service in vocab.RC_SCRIPT:
         script = root / "etc/rc.d" / vocab.RC_SCRIPT[service]
         if not script.exists():
             return False, f"{script} missing"
         run = _sibling("agent_validate").run
         running = run(f"{script} status")[0] == 0
-        rc, out = run(f"{script} {'reload' if running else 'start'}")
+        extra = ""
+        if service is Reload.ENTE_STACK and running:
+            names = sorted({svc for p in paths for svc in vocab.STACK_BIND_MOUNTS.get(Path(p).name, ())})
+            extra = "".join(f" {shlex.quote(n)}" for n in names)
+        rc, out = run(f"{script} {'reload' + extra if running else 'start'}")
         if rc == 0 and run(f"{script} status")[0] != 0:
             # e.g. a Postfix setting that needs a full restart: the daemon died on reload
             rc2, out2 = run(f"{script} start")
@@ -219,7 +226,8 @@ def apply(bundle: Path, root: Path = Path("/"), reload: bool = True) -> dict:
             elif service in vocab.ONLY_WHEN_RUNNING and not _running(service, root):
                 report["skipped"][service.value] = vocab.ONLY_WHEN_RUNNING[service]
             else:
-                ok, out = _reload(service, root)
+                ok, out = _reload(service, root, [op.path for op in ops if op.reload is service
+                                                  and op.path not in refused_paths])
                 if ok:
                     report["reloaded"].append(service.value)
                 else:

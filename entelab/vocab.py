@@ -106,6 +106,13 @@ RC_SCRIPT: dict[Reload, str] = {
 }
 # reloads with no implementation yet: reported as skipped, never as reloaded
 NOT_IMPLEMENTED: dict[Reload, str] = {}
+# Stack files the containers bind-mount (docker-compose cannot see a change to them):
+# file name -> the compose services to re-create when it changed (rc.ente reload NAME...).
+STACK_BIND_MOUNTS: dict[str, tuple[str, ...]] = {
+    "museum.yaml": ("ente-museum",),
+    "cli-config.yaml": ("ente-cli",),
+    "minio-provision.sh": ("ente-minio-provision",),
+}
 # reloads done only when the service runs (a stopped one is not started by converge)
 ONLY_WHEN_RUNNING: dict[Reload, str] = {
     Reload.ENTE_STACK: "the stack is not running: lab.up (or /etc/rc.d/rc.ente start) starts it",

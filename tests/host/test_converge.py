@@ -264,3 +264,31 @@ def test_stack_reload_only_when_the_stack_runs(tmp_path, running, expect):
         assert calls == ["status"]
     else:
         assert report["reloaded"] == ["ente-stack"] and "reload" in calls and "start" not in calls
+
+
+@pytest.mark.parametrize("changed,recreate", [
+    (["/usr/local/docker-ente/museum.yaml"], ["ente-museum"]),
+    (["/usr/local/docker-ente/.env"], []),             # compose sees .env changes itself
+    (["/usr/local/docker-ente/museum.yaml", "/usr/local/docker-ente/cli-config.yaml"],
+     ["ente-cli", "ente-museum"]),
+])
+def test_bind_mounted_stack_files_name_the_services_to_recreate(tmp_path, changed, recreate):
+    """museum.yaml is a bind mount compose's config hash does not see: converge names
+    the services to re-create; a .env change is left to docker-compose up -d."""
+    root = tmp_path / "root"
+    rc_d = root / "etc/rc.d"
+    rc_d.mkdir(parents=True)
+    log = tmp_path / "calls"
+    (rc_d / "rc.ente").write_text(f'#!/bin/sh\necho "$@" >> {log}\nexit 0\n')
+    (rc_d / "rc.ente").chmod(0o755)
+    bdir = tmp_path / "bundle"
+    ops = []
+    for path in changed:
+        f = bdir / "files" / path.lstrip("/")
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x\n")
+        ops.append(Op(path, Action.WRITE, "0600", "root", "root", reload=vocab.Reload.ENTE_STACK).to_dict())
+    (bdir / "plan.json").write_text(json.dumps({"ops": ops}))
+    report = agent.apply(bdir, root=root, reload=True)
+    assert report["reloaded"] == ["ente-stack"]
+    assert [c for c in log.read_text().splitlines() if c != "status"] == [" ".join(["reload", *recreate])]
