@@ -147,6 +147,15 @@ class Guest:
             raise GuestCommandError(f"put {remote}", 255, f"SSH to the VM failed: {exc}",
                                     hint="./labctl lab.status (is the VM running?)") from None
 
+    def get(self, remote: str, local: str) -> None:
+        """Copy a VM file (readable by the SSH user) to the host."""
+        self.round_trips += 1
+        try:
+            self.conn.get(remote, local)
+        except (OSError, SSHException) as exc:
+            raise GuestCommandError(f"get {remote}", 255, f"SSH to the VM failed: {exc}",
+                                    hint="./labctl lab.status (is the VM running?)") from None
+
     def read(self, path: str, sudo: bool = True) -> str:
         """A file's text (empty when it does not exist)."""
         return self.run(f"cat {shlex.quote(path)} 2>/dev/null || true", sudo=sudo).stdout

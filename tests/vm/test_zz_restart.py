@@ -29,6 +29,11 @@ def host_side_serial(paths, settings, address: str) -> str:
 def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, settings):
     token = uuid.uuid4().hex
     guest.run(f"echo {token} > ~/persist-check && sync", sudo=False)
+    # a Museum user row, kept in PostgreSQL's data dir on the VM's disk
+    uid = int(token[:12], 16)
+    psql = (f"docker exec ente-postgres psql -U {settings.db.user} -d {settings.db.name} -At -c ")
+    guest.run(psql + f"\"INSERT INTO users (user_id, email, email_hash, creation_time) "
+              f"VALUES ({uid}, 'restart@{settings.domain}', '{token}', 0)\" && sync")
     old_marker = guest.run(f"cat {certs.PEBBLE_MARKER}").stdout
     old_root = (paths.home / "acme-root.pem").read_text()
     guest.close()
@@ -46,6 +51,8 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
         # the Ente stack came back at boot (rc.ente after rc.docker), healthy, and answers
         assert stack.problems(stack.containers(g2)) == []
         assert "pong" in probes.https_get(g2, settings.api_host, "/ping")["body"]
+        assert g2.run(psql + f"\"SELECT email FROM users WHERE user_id = {uid}\"").stdout.strip() \
+            == f"restart@{settings.domain}"
         # pebble restarted: new marker, new root, republished to the host
         assert g2.run(f"cat {certs.PEBBLE_MARKER}").stdout != old_marker
         new_root = (paths.home / "acme-root.pem").read_text()
