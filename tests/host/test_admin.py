@@ -9,7 +9,7 @@ import pytest
 import yaml
 from recording import RecordingConnection
 
-from entelab import admin, converge, errors, lab, progress, state, task_bodies
+from entelab import admin, converge, lab, progress, state, task_bodies
 from entelab.guest import Guest
 
 ESC = "\x1b"
@@ -29,8 +29,10 @@ STANDIN_LOG = "\n".join([
 ARTICLE_LOG = "\n".join([
     "ente-museum | WARN[0082]userauth.go:102 SendEmailOTT returning hardcoded ott for me@home.lan",
     "ente-museum | INFO[0082]userauth.go:131 SendEmailOTT Added hard coded ott for me@home.lan : 123456",
-    "ente-museum | INFO[2626]userauth.go:125 SendEmailOTT Added ott for navQ5xarR9du1zw3QmmnwW4F48dAm7f52okwSkWFFS4=: 519032",
-    "ente-museum | INFO[2626]email.go:109 sendViaTransmail Skipping sending email to friend@foo.bar: ente Verification Code",
+    "ente-museum | INFO[2626]userauth.go:125 SendEmailOTT Added ott for "
+    "navQ5xarR9du1zw3QmmnwW4F48dAm7f52okwSkWFFS4=: 519032",
+    "ente-museum | INFO[2626]email.go:109 sendViaTransmail Skipping sending email to "
+    "friend@foo.bar: ente Verification Code",
 ])
 PSQL = "1580559962386438|alice@darkstar.lan|1764399600000000\n1580559962386439|bob@darkstar.lan|1764399700000000\n"
 
