@@ -100,6 +100,45 @@ def renew(c):
     body.run(body.renew)
 
 
+# ---------------------------------------------------------------- mail and administration (issue 14)
+@task(help={"address": "Only the mail for this address (default: every message)",
+            "show": "Print message N of the table in full (headers and body)"})
+def mail(c, address="", show=0):
+    """The lab's catch-all mailbox (every address @<domain>): time, from, to, subject."""
+    body.run(body.mail, address=address, show=int(show))
+
+
+@task(help={"email": "The address that asked for a code"})
+def ott(c, email):
+    """The newest one-time code for EMAIL: from the mailbox, or (mail off) Museum's log."""
+    body.run(body.ott, email=email)
+
+
+@task(help={"admin": "Official payload: the admin account the CLI acts as (-a)"})
+def users(c, admin=""):
+    """List the Ente accounts (stand-in: psql on the users table; official: ente admin list-users)."""
+    body.run(body.users, admin_email=admin)
+
+
+@task(name="admin", help={"email": "The account to promote"})
+def admin_(c, email):
+    """Make EMAIL's account an admin: id into settings admins, converge, restart Museum."""
+    body.run(body.promote, email=email)
+
+
+@task(name="cli-account-add")
+def cli_account_add(c):
+    """Official payload only: 'ente account add' in the ente-cli container (interactive)."""
+    body.run(body.cli_account_add)
+
+
+@task(name="cli-unlimited", help={"email": "The account to give an unlimited subscription",
+                                  "admin": "The admin account the CLI acts as"})
+def cli_unlimited(c, email, admin):
+    """Official payload only: 'ente admin update-subscription -a ADMIN -u EMAIL --no-limit'."""
+    body.run(body.cli_unlimited, email=email, admin_email=admin)
+
+
 # ---------------------------------------------------------------- tests
 @task(help={"k": "Only tests matching this pytest -k expression"})
 def host_tests(c, k=""):
@@ -172,3 +211,5 @@ ns.collections["lab"].add_task(snapshots_)
 ns.collections["lab"].add_task(forget_)
 ns.collections["lab"].add_task(suspend_)
 ns.collections["lab"].add_task(resume_)
+for _t in (mail, ott, users, admin_, cli_account_add, cli_unlimited):
+    ns.collections["lab"].add_task(_t)

@@ -64,6 +64,13 @@ class SettingsError(LabError):
         super().__init__(msg, hint=hint)
 
 
+class BadInput(LabError):
+    """A task argument that is not valid (an e-mail address, a number): refused
+    before anything is done."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class TemplateError(LabError):
     """A template rendered something invalid: a bug in the lab, not in the settings."""
 

@@ -224,6 +224,8 @@ RESERVED_ACCOUNTS = frozenset({
     "dehydrated", "pebble", "tss", "polkitd", "statd", "_chrony", "uuidd", "tcpdump",
     # the lab's SSH user and other special names
     "vagrant", "wheel", "admin", "administrator", "toor", "halt", "shutdown", "ftp",
+    # the lab's catch-all mailbox (vocab.CATCHALL_USER)
+    "labmail",
 })
 
 

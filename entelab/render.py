@@ -12,7 +12,8 @@ Every value reaches a file through the escaper of that file's format
 emitter), docker-compose.yml through ``compose`` (YAML, and ``$`` doubled
 against Compose's interpolation), .env through ``env`` (a restricted, quoted
 form docker-compose 1.29 and Compose v2 read alike), shell-sourced files
-through ``sh`` (shlex.quote). Formats without safe escaping (Apache, Postfix,
+through ``sh`` (shlex.quote), Postfix regexp tables through ``regexp`` (a
+literal inside a POSIX ERE between ``/`` delimiters). Formats without safe escaping (Apache, Postfix,
 dnsmasq, sudoers, hosts ...) only get values whose grammar is safe there
 (entelab/grammar.py); tests/host/test_template_escaping.py enforces both.
 """
@@ -49,7 +50,8 @@ VALIDATORS = {v.value for v in vocab.Validator}
 # only grammar-safe values may appear; see tests/host/test_template_escaping.py)
 FORMATS = {"yaml": "yaml", "compose": "compose", "env": "env", "shell": "sh",
            "apache": "", "postfix": "", "dnsmasq": "", "sudoers": "", "hosts": "", "users": "",
-           "m4": "", "lines": "", "dockerfile": "", "sasl": ""}
+           "m4": "", "lines": "", "dockerfile": "", "sasl": "",
+           "regexp": "regexp"}
 # What a .env value may hold: read identically by docker-compose 1.29 (python-dotenv,
 # with interpolation) and Compose v2 inside single quotes: no quote, '$', '\\', '#',
 # newline or other control character.
@@ -101,6 +103,24 @@ def shell_word(value: Any) -> str:
     return shlex.quote(text)
 
 
+# What a literal inside a Postfix regexp: table pattern may hold (regexp_table(5)):
+# printable ASCII with no space (it would end the pattern) and no '/' (the delimiter).
+REGEXP_LITERAL = re.compile(r"[!-.0-~]{1,253}", re.ASCII)
+ERE_SPECIAL = set(".[]()*+?{}|^$\\")
+
+
+def regexp_literal(value: Any) -> str:
+    """A value matched literally in a Postfix ``regexp:`` table pattern (POSIX ERE):
+    every ERE metacharacter backslash-escaped; space, '/', control and non-ASCII
+    characters refused (no escape keeps the pattern on its line and in its slashes)."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise UnsafeValue(f"regexp: not a string: {type(value).__name__}")
+    if not REGEXP_LITERAL.fullmatch(value):
+        raise UnsafeValue(f"regexp: {value[:40]!r} has characters a Postfix regexp pattern "
+                          "cannot carry (space, '/', control or non-ASCII)")
+    return "".join("\\" + c if c in ERE_SPECIAL else c for c in value)
+
+
 @dataclass
 class Entry:
     path: str                 # absolute path in the VM
@@ -145,6 +165,7 @@ def _env() -> jinja2.Environment:
     env.filters["compose"] = compose_scalar
     env.filters["env"] = env_value
     env.filters["sh"] = shell_word
+    env.filters["regexp"] = regexp_literal
     return env
 
 
@@ -159,6 +180,7 @@ def context(settings: Settings, secrets: secrets_mod.Secrets, lab_id: str = "") 
         "lab_id": lab_id,
         "managed_begin": MANAGED_BEGIN,
         "managed_end": MANAGED_END,
+        "catchall": vocab.CATCHALL_USER,
     }
 
 

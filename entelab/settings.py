@@ -590,17 +590,24 @@ def validate(data: dict, defaults: dict) -> tuple[Settings, list[str]]:
     return settings, warnings
 
 
+def local_settings_path(root: Path) -> Path:
+    """The user's settings file: $ENTE_LAB_SETTINGS (which must exist) or
+    <checkout>/settings.local.yaml (which may not)."""
+    env = os.environ.get(ENV_SETTINGS_FILE)
+    path = Path(env) if env else root / LOCAL_FILE_NAME
+    if env and not (path.exists() or path.is_symlink()):
+        raise SettingsError([f"{ENV_SETTINGS_FILE}={g.show(env)}: no such file; "
+                             "unset it or point it at a settings YAML file"])
+    return path
+
+
 def load_settings(root: Path, overrides: list[str] | tuple[str, ...] = (),
                   local_file: Path | None = None) -> tuple[Settings, list[str]]:
     """Build the settings for a checkout. Returns (settings, warnings)."""
     defaults = _yaml_file(DEFAULTS_FILE)
     data = defaults
     if local_file is None:
-        env = os.environ.get(ENV_SETTINGS_FILE)
-        local_file = Path(env) if env else root / LOCAL_FILE_NAME
-        if env and not (local_file.exists() or local_file.is_symlink()):
-            raise SettingsError([f"{ENV_SETTINGS_FILE}={g.show(env)}: no such file; "
-                                 "unset it or point it at a settings YAML file"])
+        local_file = local_settings_path(root)
     if local_file.exists() or local_file.is_symlink():
         data = _merge(data, _yaml_file(local_file))
     for text in overrides:

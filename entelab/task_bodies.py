@@ -186,3 +186,49 @@ def suspend() -> None:
 def resume() -> None:
     from . import snapshot
     snapshot.resume(_paths(), load())
+
+
+# ------------------------------------------------------------ mail and administration (issue 14)
+def mail(address: str = "", show: int = 0) -> None:
+    from . import lab, mailbox
+    from .admin import check_email
+    if address:
+        check_email(address)
+    mailbox.mail(lab.guest(_paths()), address=address, show_n=show)
+
+
+def ott(email: str) -> None:
+    from . import admin, lab
+    admin.check_email(email)
+    settings = load()
+    admin.ott(lab.guest(_paths()), settings, email)
+
+
+def users(admin_email: str = "") -> None:
+    from . import admin, lab
+    settings = load()
+    admin.users(lab.guest(_paths()), settings, admin=admin_email)
+
+
+def promote(email: str) -> None:
+    from . import admin, lab
+    admin.check_email(email)                 # bad input: refused before anything
+    settings = load()
+    paths = _paths()
+    admin.promote(lab.guest(paths), paths, settings, email)
+
+
+def cli_account_add() -> None:
+    from . import admin, lab, vm
+    settings = load()
+    paths = _paths()
+    admin.need_cli(lab.guest(paths), settings)
+    vm.ssh(paths, command=admin.cli_account_add_command(), tty=True)
+
+
+def cli_unlimited(email: str, admin_email: str) -> None:
+    from . import admin, lab
+    admin.check_email(email)
+    admin.check_email(admin_email)
+    settings = load()
+    admin.cli_unlimited(lab.guest(_paths()), settings, email, admin_email)

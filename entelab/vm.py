@@ -174,11 +174,12 @@ def destroy(paths: LabPaths, yes: bool = False) -> None:
     _forget_ssh_config(paths)
 
 
-def ssh(paths: LabPaths, command: str = "") -> int:
+def ssh(paths: LabPaths, command: str = "", tty: bool = False) -> int:
+    """A shell in the VM, or one command (``tty`` for an interactive one)."""
     from .hostrun import interactive, vagrant_env
     args = ["vagrant", "ssh"]
     if command:
-        args += ["-c", command, "--", "-T"]
+        args += ["-c", command, "--", "-t" if tty else "-T"]
     rc = interactive(args, cwd=paths.root, env=vagrant_env(paths, provider(paths)))
     if command and rc:
         raise StageFailed(f"command exited {rc} in the VM")

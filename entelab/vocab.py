@@ -26,6 +26,11 @@ BLOCK_END = "# END ente-lab managed block"
 BLOCK_BEGIN_PREFIX = "# BEGIN ente-lab managed block"
 
 SERVICES_FILE = "/etc/ente-lab/services"
+# The catch-all mailbox: every address @<domain> is delivered to this local user
+# (templates/postfix/catchall.regexp.j2), in mbox format at CATCHALL_MBOX.
+CATCHALL_USER = "labmail"
+CATCHALL_MBOX = f"/var/mail/{CATCHALL_USER}"
+CATCHALL_MAP = "/etc/postfix/ente-lab-catchall.regexp"
 STATE_FILE = "/var/lib/ente-lab/last-converge.json"
 
 

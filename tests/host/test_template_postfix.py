@@ -15,7 +15,7 @@ from conftest import need
 def confdir(rendered, tmp_path: Path) -> Path:
     d = tmp_path / "postfix"
     d.mkdir()
-    for name in ("main.cf", "master.cf"):
+    for name in ("main.cf", "master.cf", "ente-lab-catchall.regexp"):
         shutil.copy(rendered.path(f"/etc/postfix/{name}"), d / name)
     return d
 
@@ -95,6 +95,80 @@ def test_main_and_master_are_debians_defaults_plus_marked_changes(rendered):
     assert all(r.startswith("#submission") or r.startswith("#  -o ") for r in removed), removed
     assert all(a.startswith("#") or a.startswith("submission") or a.startswith("  -o ")
                for a in added), added
+
+
+# ---------------------------------------------------------------- the catch-all mailbox (issue 14)
+def lookup(table: Path, address: str) -> tuple[int, str]:
+    res = run(need("postmap"), "-q", address, f"regexp:{table}")
+    assert res.stderr == "", res.stderr
+    return res.returncode, res.stdout.strip()
+
+
+def test_catchall_delivers_every_address_of_the_domain_to_one_mailbox(rendered, tmp_path):
+    d = confdir(rendered, tmp_path)
+    conf = {k.strip(): v.strip() for k, v in (ln.split("=", 1) for ln in
+            run(need("postconf"), "-c", str(d), "-n").stdout.splitlines())}
+    assert conf["virtual_alias_maps"] == "regexp:/etc/postfix/ente-lab-catchall.regexp"
+    entry = rendered.entries["/etc/postfix/ente-lab-catchall.regexp"]
+    assert (entry.reload, entry.validate, entry.mode) == ("postfix", "postfix", "0644")
+    table = rendered.path("/etc/postfix/ente-lab-catchall.regexp")
+    dom = rendered.settings.domain
+    for addr in (f"anybody@{dom}", f"Friend.Name+tag@{dom.upper()}", f"verification@{dom}"):
+        assert lookup(table, addr) == (0, "labmail@localhost"), addr
+    # the same user resolves locally: localhost is in mydestination
+    assert "localhost" in [x.strip() for x in conf["mydestination"].split(",")]
+    # other domains, sub-domains, look-alikes: no match (they keep the error transport)
+    for addr in ("x@other.lan", f"x@sub.{dom}", f"x@{dom}.evil", f"x@{dom.replace('.', 'x')}",
+                 f"{dom}@other.lan", "labmail@localhost"):
+        assert lookup(table, addr) == (1, ""), addr
+    # the isolation is unchanged
+    assert conf["default_transport"].startswith("error:") and conf["relay_transport"].startswith("error:")
+    assert conf["smtpd_relay_restrictions"] == \
+        "permit_mynetworks permit_sasl_authenticated defer_unauth_destination"
+    res = run(need("postfix"), "-c", str(d), "check")
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+def test_catchall_follows_the_domain_setting(tmp_path, lab_secrets):
+    from conftest import load, render_into
+    tree = render_into(tmp_path / "root", load(["domain=lab-9.example.org"]), lab_secrets)
+    table = tree.path("/etc/postfix/ente-lab-catchall.regexp")
+    assert lookup(table, "a@lab-9.example.org") == (0, "labmail@localhost")
+    assert lookup(table, "a@darkstar.lan") == (1, "")
+    assert lookup(table, "a@lab-9xexample.org") == (1, "")
+
+
+def test_catchall_account_is_declared(rendered, rendered_sendmail):
+    users = [ln.split(":") for ln in rendered.text("/etc/ente-lab/users.conf").splitlines()
+             if ln.startswith("user:labmail:")]
+    assert users == [["user", "labmail", "ente-lab catch-all mailbox", "labmail", "/nonexistent",
+                      "/usr/sbin/nologin", "no", "yes", "!"]]
+    assert "labmail" not in rendered_sendmail.text("/etc/ente-lab/users.conf")
+    assert "/etc/postfix/ente-lab-catchall.regexp" not in rendered_sendmail.entries
+
+
+def test_regexp_filter_escapes_every_metacharacter_and_refuses_injection(tmp_path):
+    import pytest
+
+    from entelab.render import UnsafeValue, regexp_literal
+    weird = "a.b-c+d*e?f(g)h[i]j{k}l|m^n$o\\p"
+    escaped = regexp_literal(weird)
+    table = tmp_path / "t.regexp"
+    table.write_text(f"/^x@{escaped}$/ hit\n")
+    assert lookup(table, f"x@{weird}") == (0, "hit")
+    assert lookup(table, "x@aXb-c+d*e?f(g)h[i]j{k}l|m^n$o\\p") == (1, "")
+    assert lookup(table, "x@a.b-cd") == (1, "")
+    # a hostile domain never reaches the table: '/' ends the pattern, a space or a
+    # newline would start a result or a new rule
+    for bad in ("a.lan/ root\n/.*/", "a.lan$/ root", "a lan", "a.lan\n/./ x", "", "é.lan", 7, None):
+        with pytest.raises(UnsafeValue):
+            regexp_literal(bad)
+    # and the settings grammar refuses them before rendering
+    from conftest import load
+
+    from entelab.errors import SettingsError
+    with pytest.raises(SettingsError):
+        load(["domain=a.lan/x"])
 
 
 def test_sasl_files(rendered):

@@ -88,7 +88,8 @@ def test_authenticated_mail_is_delivered_to_the_lab_mailbox(guest, settings, lab
                                   "message_id": message_id, "body": "rehearsal"})
     assert r["login"][0] == 235
     assert r["sent"][0] == 250, r["sent"]
-    res = guest.run(f"for i in $(seq 60); do grep -qF '{message_id}' /var/mail/{settings.smtp.username} && exit 0; "
+    # every address @<domain> lands in the catch-all mailbox (templates/postfix/catchall.regexp.j2)
+    res = guest.run(f"for i in $(seq 60); do grep -qF '{message_id}' /var/mail/labmail && exit 0; "
                    f"sleep 0.5; done; tail -20 /var/log/maillog; exit 1", check=False)
     assert res.exited == 0, res.stdout
 
@@ -102,3 +103,29 @@ def test_outside_domains_never_leave_the_lab(guest, settings, lab_secrets):
     assert r["rcpt"][0] == 550 and "outside mail is disabled in the lab" in r["rcpt"][1]
     queue = guest.run("postqueue -j").stdout
     assert "someone@example.com" not in queue
+
+
+def test_any_address_of_the_domain_lands_in_the_catchall_mailbox(guest, settings, lab_secrets):
+    """Issue 14: every address @<domain> is delivered to /var/mail/labmail; lab.mail's
+    reader finds it, and lab.ott's parser takes the code from its subject."""
+    import time
+
+    from entelab import admin, mailbox
+    message_id = f"<{uuid.uuid4().hex}@lab-test.{settings.domain}>"
+    rcpt = f"someone-{uuid.uuid4().hex[:8]}@{settings.domain}"
+    r = probes.smtp_session(guest, settings.mail_host, user=settings.smtp.username,
+                            password=lab_secrets.sasl_password,
+                            send={"from": settings.smtp.email, "to": rcpt, "subject": "Verification code: 654321",
+                                  "message_id": message_id, "body": "rehearsal"})
+    assert r["sent"][0] == 250, r["sent"]
+    found: list = []
+    for _ in range(60):
+        found = [m for m in mailbox.for_address(mailbox.read(guest), rcpt) if m.message_id == message_id]
+        if found:
+            break
+        time.sleep(0.5)
+    assert found, guest.run("tail -20 /var/log/maillog", check=False).stdout
+    assert "ESMTPSA" in found[0].received[0]
+    assert admin.code_from_mail(found, rcpt).code == "654321"
+    owner = guest.run("stat -c '%U %a' /var/mail/labmail").stdout.split()
+    assert owner == ["labmail", "600"]
