@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import need
+from conftest import load, need, render_into
 
 
 def confdir(rendered, tmp_path: Path) -> Path:
@@ -130,7 +130,6 @@ def test_catchall_delivers_every_address_of_the_domain_to_one_mailbox(rendered, 
 
 
 def test_catchall_follows_the_domain_setting(tmp_path, lab_secrets):
-    from conftest import load, render_into
     tree = render_into(tmp_path / "root", load(["domain=lab-9.example.org"]), lab_secrets)
     table = tree.path("/etc/postfix/ente-lab-catchall.regexp")
     assert lookup(table, "a@lab-9.example.org") == (0, "labmail@localhost")
@@ -164,7 +163,6 @@ def test_regexp_filter_escapes_every_metacharacter_and_refuses_injection(tmp_pat
         with pytest.raises(UnsafeValue):
             regexp_literal(bad)
     # and the settings grammar refuses them before rendering
-    from conftest import load
 
     from entelab.errors import SettingsError
     with pytest.raises(SettingsError):
