@@ -70,3 +70,6 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
                 pytest.raises(ssl.SSLCertVerificationError):
             ctx.wrap_socket(raw, server_hostname=settings.api_host)
         stale.unlink()
+        # Museum trusts the new root: a one-time code is still delivered (issue 14)
+        from test_ott_mail_vm import ask_code, code_of
+        code_of(ask_code(g2, settings, f"after-boot-{token[:8]}@{settings.domain}"))
