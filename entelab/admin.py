@@ -176,13 +176,9 @@ def users(guest: Guest, settings: Settings, admin: str = "") -> list[User]:
         check_email(admin)
     if payload(guest, settings) in CLI_PAYLOADS:
         cmd = "docker exec ente-cli ente admin list-users" + (f" -a {shlex.quote(admin)}" if admin else "")
-        console.print(f"$ {cmd}   (the CLI, official images; needs ./labctl lab.cli-account-add first)")
-        res = guest.run(cmd, check=False)
-        console.print(escape(guest.redact(res.output)), highlight=False)
-        if not res.ok:
-            raise StageFailed(f"ente admin list-users exited {res.exited}",
-                              hint="./labctl lab.cli-account-add (log the admin in), and the admin "
-                                   "promoted with ./labctl lab.admin EMAIL")
+        _cli(guest, cmd, "(the CLI, official images; needs ./labctl lab.cli-account-add first)",
+             hint="./labctl lab.cli-account-add (log the admin in), and the admin "
+                  "promoted with ./labctl lab.admin EMAIL")
         return []
     found = psql_users(guest, settings)
     t = Table(title="Ente accounts (users table)")
@@ -324,10 +320,15 @@ def cli_unlimited(guest: Guest, settings: Settings, email: str, admin: str) -> N
     need_cli(guest, settings)
     cmd = (f"docker exec ente-cli ente admin update-subscription -a {shlex.quote(admin)} "
            f"-u {shlex.quote(email)} --no-limit")
-    console.print(f"$ {cmd}")
+    _cli(guest, cmd, hint="./labctl lab.cli-account-add (the admin logged in to the CLI), "
+                          "./labctl lab.admin ADMIN_EMAIL")
+
+
+def _cli(guest: Guest, cmd: str, note: str = "", *, hint: str) -> None:
+    """Run one Ente CLI command in the ente-cli container, showing it and its output."""
+    console.print(f"$ {cmd}" + (f"   {note}" if note else ""))
     res = guest.run(cmd, check=False)
     console.print(escape(guest.redact(res.output)), highlight=False)
     if not res.ok:
-        raise StageFailed(f"ente admin update-subscription exited {res.exited}",
-                          hint="./labctl lab.cli-account-add (the admin logged in to the CLI), "
-                               "./labctl lab.admin ADMIN_EMAIL")
+        what = " ".join(cmd.split()[3:6])
+        raise StageFailed(f"{what} exited {res.exited}", hint=hint)

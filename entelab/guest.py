@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut
@@ -140,20 +140,18 @@ class Guest:
 
     def put(self, local: str, remote: str) -> None:
         """Copy a host file into the VM (as the SSH user)."""
-        self.round_trips += 1
-        try:
-            self.conn.put(local, remote)
-        except (OSError, SSHException) as exc:
-            raise GuestCommandError(f"put {remote}", 255, f"SSH to the VM failed: {exc}",
-                                    hint="./labctl lab.status (is the VM running?)") from None
+        self._transfer("put", remote, lambda: self.conn.put(local, remote))
 
     def get(self, remote: str, local: str) -> None:
         """Copy a VM file (readable by the SSH user) to the host."""
+        self._transfer("get", remote, lambda: self.conn.get(remote, local))
+
+    def _transfer(self, verb: str, remote: str, do: Callable[[], object]) -> None:
         self.round_trips += 1
         try:
-            self.conn.get(remote, local)
+            do()
         except (OSError, SSHException) as exc:
-            raise GuestCommandError(f"get {remote}", 255, f"SSH to the VM failed: {exc}",
+            raise GuestCommandError(f"{verb} {remote}", 255, f"SSH to the VM failed: {exc}",
                                     hint="./labctl lab.status (is the VM running?)") from None
 
     def read(self, path: str, sudo: bool = True) -> str:
