@@ -99,6 +99,14 @@ def test_env_overrides_underscored_names_only(tmp_path):
     assert "unknown" not in cfg
     assert not any("-" in n.split("env ", 1)[-1] for n in notes if n.startswith("env "))
 
+    # the compose file always sets the variable; an empty one is unset for viper
+    # (no AllowEmptyEnv upstream), so museum.yaml's entries stay
+    env["ENTE_INTERNAL_HARDCODED_OTT_EMAILS"] = ""
+    env["ENTE_DB_PASSWORD"] = ""
+    cfg, _ = museum.load_config(tmp_path, env)
+    assert cfg["internal"]["hardcoded-ott"]["emails"] == ["file@example.org,111111"]
+    assert cfg["db"]["password"] == "file-pw"
+
     env["ENTE_INTERNAL_HARDCODED_OTT_EMAILS"] = "a@example.org,123456 \t b@example.org,012345\n"
     cfg, _ = museum.load_config(tmp_path, env)
     assert cfg["internal"]["hardcoded-ott"]["emails"] == ["a@example.org,123456", "b@example.org,012345"]

@@ -179,7 +179,7 @@ def load_config(workdir: Path, environ: Mapping[str, str], log: Logger | None = 
     paths = set(leaf_paths(cfg)) | set(KNOWN_KEYS)
     for key in sorted(paths):
         name = env_name(key)
-        if name not in environ:
+        if not environ.get(name):      # viper without AllowEmptyEnv: an empty variable is unset
             continue
         if key in NOT_FROM_ENV:
             if log:
