@@ -152,13 +152,27 @@ def smoke(guest: Guest, settings: Settings) -> None:
         checks.add_column("check")
         checks.add_column("result")
         for host, path, want in ((settings.api_host, "/ping", '"pong"'), (settings.web_host, "/", "<html")):
-            try:
-                r = https_get(guest, host, path)
-                ok = r["status"] == 200 and want in r["body"]
-                checks.add_row(f"https://{host}{path}", f"{r['status']} {'ok' if ok else r['body'][:60]!r}")
-            except LabError as exc:
-                checks.add_row(f"https://{host}{path}", f"[red]{exc.message}[/]")
+            checks.add_row(f"https://{host}{path}", _proxied(guest, host, path, want))
         console.print(checks)
+
+
+def _proxied(guest: Guest, host: str, path: str, want: str, timeout: float = 60) -> str:
+    """One proxy-path check, retried while Apache answers 502/503 (the backend's first
+    seconds after a start); the last answer is what the table shows."""
+    from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
+
+    @retry(retry=retry_if_result(lambda r: not r[0]), stop=stop_after_delay(timeout), wait=wait_fixed(3),
+           retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else (False, "?"))
+    def attempt() -> tuple[bool, str]:
+        try:
+            r = https_get(guest, host, path)
+        except LabError as exc:
+            return False, f"[red]{exc.message}[/]"
+        if r["status"] == 200 and want in r["body"]:
+            return True, "200 ok"
+        return False, f"[red]{r['status']} {r['body'][:60]!r}[/]"
+
+    return attempt()[1]
 
 
 def payload_in_guest(guest: Guest) -> str:
