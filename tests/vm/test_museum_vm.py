@@ -175,3 +175,22 @@ def test_preflight_and_post_from_the_web_host_get_one_origin(guest, settings, mu
     allow = {k.lower(): v for k, v in pre["headers"]}
     assert "x-client-package" in allow["access-control-allow-headers"].lower()
     assert "POST" in allow["access-control-allow-methods"]
+
+
+def test_users_survive_compose_down_and_up(guest, settings, museum):
+    email = fresh(settings)
+    assert verify(guest, settings, email, new_code(guest, settings, email))["status"] == 200
+    guest.run(stack.compose_command(settings, "down"))
+    guest.run("/etc/rc.d/rc.ente start")
+    stack.wait_healthy(guest, timeout=300)
+    assert psql(guest, settings, f"SELECT count(*) FROM users WHERE email = '{email}'") == "1"
+
+
+def test_with_mail_off_lab_ott_reads_the_code_from_museums_log(guest, settings, museum):
+    from entelab import admin, mailbox
+    before = len(mailbox.read(guest))
+    email = fresh(settings)
+    code = new_code(guest, settings, email)
+    found = admin.ott(guest, settings, email)
+    assert (found.code, found.where) == (code, "log")
+    assert len(mailbox.read(guest)) == before, "mail is off: nothing was sent"
