@@ -50,6 +50,9 @@ TEST_PACKAGES = [
     # The stand-in tests (tests/host/test_standin_*.py): the postgres entrypoint runs the real
     # PostgreSQL 15 (no daemon: policy-rc.d), node evaluates the web stand-in's config.js.
     "postgresql-15", "nodejs",
+    # The browser test (tests/host/test_browser.py): Debian's Chromium, driven headless by
+    # Playwright's client, and certutil for its throw-away NSS database (the lab root).
+    "chromium", "libnss3-tools",
 ]
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
