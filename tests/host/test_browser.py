@@ -58,6 +58,7 @@ class ApiHandler(Quiet, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     seen: list[dict]
     dup_origin = False
+    ott_status = 200           # Museum: 200 and no body; 500 {} when the mail fails
 
     def _answer(self, status: int, body: bytes = b"") -> None:
         self.send_response(status)
@@ -87,7 +88,7 @@ class ApiHandler(Quiet, BaseHTTPRequestHandler):
         if self.path != "/users/ott":
             self._answer(404, b'{"code":"NOT_FOUND"}')
             return
-        self._answer(200)          # upstream: c.Status(200), no body
+        self._answer(self.ott_status, b"" if self.ott_status == 200 else b"{}")
 
 
 class Server:
@@ -117,7 +118,7 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 def api(ca) -> Iterator[type[ApiHandler]]:
-    handler = type("Api", (ApiHandler,), {"seen": [], "dup_origin": False})
+    handler = type("Api", (ApiHandler,), {"seen": [], "dup_origin": False, "ott_status": 200})
     srv = Server(handler, tls(ca, API))
     handler.port = srv.port          # type: ignore[attr-defined]
     yield handler
@@ -208,6 +209,16 @@ def test_duplicate_allow_origin_fails_in_the_browser(ca, api, web):
     assert any("/users/ott" in f and "MultipleAllowOriginValues" in f for f in r.failed_requests)
 
 
+def test_api_error_is_shown_as_error_not_network_error(ca, api, web):
+    api.ott_status = 500       # what Museum answers when its mail fails
+    r = open_page(web, ca, email=EMAIL)
+    assert r.state == "error", r.summary()
+    assert r.state_text == "error: HTTP 500 {}"
+    (call,) = r.requests("/users/ott", "POST")
+    assert call.status == 500 and call.cors_error is None
+    assert not [c for c in r.console if "CORS" in c], r.summary()
+
+
 # ------------------------------------------------------------------ nothing outside the lab
 def test_names_outside_the_lab_never_leave_the_machine(ca, api, web):
     fetch = "fetch({!r}).then(r => 'answered ' + r.status, e => 'rejected: ' + e)"
@@ -215,8 +226,7 @@ def test_names_outside_the_lab_never_leave_the_machine(ca, api, web):
     r = open_page(web, ca, scripts=[fetch.format("https://example.com/"), fetch.format(loopback)])
     assert r.load_error is None, r.summary()
     assert r.script_results == ["rejected: TypeError: Failed to fetch"] * 2, r.summary()
-    (ex,) = r.requests("/", "GET")[1:] or [None]
-    assert ex is not None and ex.url == "https://example.com/", r.summary()
+    (ex,) = [e for e in r.network if e.url == "https://example.com/"]
     # the refusing proxy answered for both (Chromium never fell back to a direct connection)
     assert ex.error == "net::ERR_PROXY_CONNECTION_FAILED", r.summary()
     (lo,) = r.requests("/ping")
@@ -253,6 +263,16 @@ def test_missing_chromium_is_a_lab_error_with_hint(monkeypatch, tmp_path):
         browser.find_chromium()
     assert isinstance(e.value, LabError)
     assert "apt-get install chromium" in e.value.hint
+
+
+def test_chromium_that_does_not_start_is_a_lab_error(ca, tmp_path):
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\necho 'not a browser' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(browser.BrowserError) as e:
+        browser.open_page("https://auth.lab.test/", names=NAMES, ip="127.0.0.1",
+                          root_ca_pem=ca.cert_pem.bytes(), chromium=fake, timeout=10)
+    assert "did not start" in e.value.message and "apt-get install chromium" in e.value.hint
 
 
 def test_switches_and_mapping():
