@@ -307,8 +307,16 @@ def open_page(url: str, *, names: Sequence[str], ip: str, root_ca_pem: str | byt
                 result = BrowserResult(url=url, chromium_version=browser.version, args=args)
                 try:
                     _drive(browser, result, url, email, scripts, ms, PlaywrightError)
+                    crashed = [e for e in result.page_errors if "crashed" in e]
+                    if crashed or not browser.is_connected():
+                        raise BrowserError(
+                            f"Chromium ({exe}) {'crashed' if crashed else 'exited'} while driving {url}",
+                            hint=f"run `{exe} --headless --no-sandbox --dump-dom {url}` by hand; a font "
+                                 "(fonts-dejavu-core, which chromium's dependencies pull in) and a "
+                                 "writable /tmp are needed")
                 finally:
-                    browser.close()
+                    if browser.is_connected():
+                        browser.close()
         finally:
             proxy.close()
         result.resolver_hosts = resolver_hosts(net_log)
@@ -322,6 +330,7 @@ def _drive(browser: Any, result: BrowserResult, url: str, email: str | None, scr
     page.set_default_timeout(ms)
     page.on("console", lambda m: result.console.append(f"{m.type}: {m.text}"))
     page.on("pageerror", lambda e: result.page_errors.append(str(e)))
+    page.on("crash", lambda _p: result.page_errors.append("the page's renderer process crashed"))
     net = _NetRecorder()
     cdp = context.new_cdp_session(page)
     cdp.on("Network.requestWillBeSent", net.will_be_sent)
