@@ -178,7 +178,7 @@ def prepare(paths: LabPaths, dry_run: bool = False) -> None:
 def install_test_tools(paths: LabPaths) -> None:
     """apt-get the validators the host tests run (no daemon is started)."""
     ensure_dirs(paths)
-    with stage("test tools (apache2, postfix, sendmail-cf, dnsmasq, docker-compose, shellcheck ...)",
+    with stage("test tools (apache2, postfix, sendmail-cf, dnsmasq, docker-compose, shellcheck, chromium ...)",
                log=paths.logs / "host-prepare.log", hint="read the log; `apt-get install` must work as root"):
         missing = missing_packages(TEST_PACKAGES) if shutil.which("dpkg-query") else TEST_PACKAGES
         if not missing:

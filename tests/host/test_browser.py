@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -289,3 +290,12 @@ def test_switches_and_mapping():
             browser.chromium_args(bad, "10.0.0.1", 1)
     with pytest.raises(ValueError):
         browser.host_resolver_rules(["a.test"], "not-an-ip")
+
+
+def test_the_proxy_port_refuses():
+    held = browser.refusing_port()
+    try:
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(held.getsockname(), timeout=5):
+            pass
+    finally:
+        held.close()
