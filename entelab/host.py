@@ -50,6 +50,9 @@ TEST_PACKAGES = [
     # The stand-in tests (tests/host/test_standin_*.py): the postgres entrypoint runs the real
     # PostgreSQL 15 (no daemon: policy-rc.d), node evaluates the web stand-in's config.js.
     "postgresql-15", "nodejs",
+    # The browser test (tests/host/test_browser.py): Debian's Chromium, driven headless by
+    # Playwright's client, and certutil for its throw-away NSS database (the lab root).
+    "chromium", "libnss3-tools",
 ]
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
@@ -175,7 +178,7 @@ def prepare(paths: LabPaths, dry_run: bool = False) -> None:
 def install_test_tools(paths: LabPaths) -> None:
     """apt-get the validators the host tests run (no daemon is started)."""
     ensure_dirs(paths)
-    with stage("test tools (apache2, postfix, sendmail-cf, dnsmasq, docker-compose, shellcheck ...)",
+    with stage("test tools (apache2, postfix, sendmail-cf, dnsmasq, docker-compose, shellcheck, chromium ...)",
                log=paths.logs / "host-prepare.log", hint="read the log; `apt-get install` must work as root"):
         missing = missing_packages(TEST_PACKAGES) if shutil.which("dpkg-query") else TEST_PACKAGES
         if not missing:

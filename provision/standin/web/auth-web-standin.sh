@@ -1,9 +1,10 @@
 #!/bin/sh
 # ente-lab STAND-IN for the Ente Auth web app image (the article's Dockerfile.auth:
 # `serve -s . -l tcp://0.0.0.0:${PORT}` from /app). Not Ente's app: one page that shows the
-# API origin and calls GET <api>/ping. At every start it copies the page into a writable
-# /app and writes /app/ente-lab-config.js from ENTE_API_ORIGIN (upstream's web image) or
-# NEXT_PUBLIC_ENTE_ENDPOINT (the article's build arg). `--write-config-only`: stop there.
+# API origin, asks for a sign-up code (POST <api>/users/ott) and calls GET <api>/ping. At
+# every start it copies the page into a writable /app and writes /app/ente-lab-config.js
+# from ENTE_API_ORIGIN (upstream's web image) or NEXT_PUBLIC_ENTE_ENDPOINT (the article's
+# build arg). `--write-config-only`: stop there.
 set -eu
 
 case "${1:-}" in
