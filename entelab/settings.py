@@ -562,6 +562,14 @@ def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
     if len(cors) > 1:
         errors.append(f"{', '.join(cors)}: only one of the CORS switches may be on at a time "
                       "(each renders the article's set lines); turn the others off")
+    if s.pitfalls.mail_cert_mismatch:
+        if s.mta != "postfix":
+            errors.append(f"pitfalls.mail_cert_mismatch: needs mta: postfix (mta is {s.mta}; "
+                          "the sendmail templates have no pitfall switches)")
+        if s.web_host == s.domain:
+            errors.append(f"pitfalls.mail_cert_mismatch: web_host = {g.show(s.web_host)} is the "
+                          "domain: its certificate would be the lab's one (which names the mail "
+                          "host); give web_host its own name")
     return errors, warnings
 
 
