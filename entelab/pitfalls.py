@@ -7,13 +7,19 @@ literal text, marked with ``# ente-lab pitfall <name> (lab.explain <name>)``.
 ``cors_working_fix`` is in the registry but is not a pitfall: it is the fix that
 works when the article's CORS lines cannot be removed.
 
-``lab.explain NAME`` prints ``explain(NAME)``; docs/pitfalls.md says the same.
-Standard library only.
+``lab.explain NAME`` prints ``explain(NAME)``, ``lab.pitfalls`` the ``table``;
+docs/pitfalls.md says the same. ``lab.status`` finds the pitfalls live in the VM
+by their marker comments (``marked``).
 """
 
 from __future__ import annotations
 
+import re
+import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from rich.table import Table
 
 from .errors import BadInput
 
@@ -46,6 +52,11 @@ CORS_UNSET_LINES = (
 )
 CORS_ALWAYS_UNSET_LINES = tuple(ln.replace("Header unset", "Header always unset")
                                 for ln in CORS_UNSET_LINES)
+WIDTH = 88           # explain's lines (wrapped here, printed unwrapped)
+# every line a switch renders carries this comment (on the line before it: Apache and
+# Postfix have no end-of-line comments)
+MARKER = "# ente-lab pitfall"
+MARKED = re.compile(r"# ente-lab pitfall ([a-z_]+) \(lab\.explain \1\)")
 # at most one of these may be on (each renders the article's set lines)
 CORS_SWITCHES = ("cors_article_headers", "cors_printed_fix", "cors_working_fix")
 
@@ -187,9 +198,20 @@ NOT_PITFALLS: frozenset[str] = frozenset({"cors_working_fix"})
 SWITCHES: tuple[str, ...] = tuple(p.name for p in _ALL if p.switch)
 
 
+def marker(name: str) -> str:
+    """The comment above each line the switch ``name`` renders."""
+    return f"{MARKER} {name} (lab.explain {name})"
+
+
+def marked(text: str) -> list[str]:
+    """The known pitfall names whose marker comment appears in ``text``, registry order."""
+    found = set(MARKED.findall(text))
+    return [name for name in PITFALLS if name in found]
+
+
 def _unknown(name: str) -> BadInput:
-    return BadInput(f"unknown pitfall {name!r}; known: {', '.join(PITFALLS)}",
-                    hint="./labctl lab.explain (no name) lists them")
+    return BadInput(f"unknown pitfall {name[:60]!r}; known: {', '.join(PITFALLS)}",
+                    hint="./labctl lab.pitfalls lists them with their article sections")
 
 
 def get(name: str) -> Pitfall:
@@ -208,15 +230,25 @@ def explain(name: str) -> str:
                f"--set pitfalls.{p.name}=true), then ./labctl lab.converge")
     else:
         how = "no switch yet"
-    lines = [
-        f"{p.name}: {p.title}",
-        f"  article section: {p.section}",
-        f"  the article prints: {p.article_text}",
-        f"  symptom: {p.symptom}",
-        f"  cause: {p.cause}",
-        f"  fix: {p.fix}",
-        f"  deviation: {row}",
-        f"  switch: {how}",
-        "  more: docs/pitfalls.md",
-    ]
+    fields = [("article section", p.section), ("the article prints", p.article_text),
+              ("symptom", p.symptom), ("cause", p.cause), ("fix", p.fix),
+              ("deviation", row), ("switch", how), ("more", "docs/pitfalls.md")]
+    lines = [f"{p.name}: {p.title}"]
+    for label, text in fields:
+        lines += textwrap.wrap(f"{label}: {text}", width=WIDTH, initial_indent="  ",
+                               subsequent_indent="      ", break_on_hyphens=False,
+                               break_long_words=False)
     return "\n".join(lines)
+
+
+def table(on: Iterable[str]) -> Table:
+    """Every pitfall: name, article section, switch (on / off / none: no switch yet)."""
+    on = set(on)
+    out = Table(title="the article's pitfalls (./labctl lab.explain NAME)")
+    for col in ("name", "section", "switch", "deviation"):
+        out.add_column(col)
+    for p in PITFALLS.values():
+        state = ("[bold red]on[/]" if p.name in on else "off") if p.switch else "none"
+        name = p.name + (" (the fix, not a pitfall)" if p.name in NOT_PITFALLS else "")
+        out.add_row(name, p.section, state, str(p.deviation) if p.deviation is not None else "-")
+    return out
