@@ -73,7 +73,7 @@ _ALL = (
                     "-Expose-Headers, -Max-Age)",
        symptom="The web app says 'Network Error' at signup; the browser console reports a CORS "
                "error: the response carries two Access-Control-Allow-Origin values. The "
-               "request never reaches Museum's handler.",
+               "POST is never sent (the article: the input 'never reached' Museum).",
        cause="Museum sets its own CORS headers. Apache's `Header always set` adds its own "
              "(`*`, `Authorization`, `GET`) beside them, so the preflight answer has duplicate "
              "Access-Control-Allow-Origin and does not allow X-Client-Package.",
@@ -226,8 +226,8 @@ def explain(name: str) -> str:
     p = get(name)
     row = (f"docs/deviations.md row {p.deviation}" if p.deviation is not None else "none")
     if p.switch:
-        how = (f"settings.local.yaml: `pitfalls:` / `  {p.name}: true` (or "
-               f"--set pitfalls.{p.name}=true), then ./labctl lab.converge")
+        how = (f"pitfalls.{p.name}: true in settings.local.yaml (or --set "
+               f"pitfalls.{p.name}=true), then ./labctl lab.converge; false turns it off")
     else:
         how = "no switch yet"
     fields = [("article section", p.section), ("the article prints", p.article_text),
