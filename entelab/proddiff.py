@@ -368,3 +368,26 @@ def print_report(rep: Report, sudo_used: bool) -> None:
            else "[bold green]no pitfall found[/]"))
     if not sudo_used and prod.by_status("unreadable"):
         out("[dim]unreadable files: --sudo reads them with `sudo -n cat` (never a prompt)[/]")
+
+
+# ------------------------------------------------------------------ the task
+def run_diff(host: str, settings: Settings, secrets_path, user: str = "", port: int = 22,
+             identity: str = "", sudo: bool = False, root: str = "/") -> Report:
+    """lab.diff: read, compare, print; raise PitfallsFound when a pitfall is found."""
+    from .errors import PitfallsFound
+    from .production import Reader, read_production
+    from .progress import stage
+    secrets, _ = secrets_mod.load_or_create(secrets_path, dry_run=True)   # never written here
+    with stage(f"read {host} over SSH (read-only{', sudo -n cat' if sudo else ''})"):
+        reader = Reader.connect(host, user=user, port=port, identity=identity, root=root, sudo=sudo)
+        try:
+            prod = read_production(reader, host, settings.paths.compose_dir)
+        finally:
+            reader.close()
+    rep = compare(prod, settings, secrets)
+    print_report(rep, sudo)
+    if rep.pitfalls:
+        names = sorted({f.name for f in rep.pitfalls})
+        raise PitfallsFound(f"{len(rep.pitfalls)} findings of {len(names)} pitfalls: {', '.join(names)}",
+                            hint="./labctl lab.explain NAME says more; the report above shows where")
+    return rep

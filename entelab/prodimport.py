@@ -156,7 +156,7 @@ def import_settings(files: Files, with_secrets: bool = False) -> Imported:
     if compose_text is not None:
         compose, notes = parse_compose(compose_text)
         imp.unmapped += notes
-    services = compose.get("services") if isinstance(compose.get("services"), dict) else {}
+    services = _map(compose.get("services"))
     for path, text in ((files.env, env_text), (files.museum, museum_text), (files.compose, compose_text)):
         if text is None:
             imp.unmapped.append(f"{path}: not read (missing or unreadable); its settings keep the lab's defaults")
@@ -188,7 +188,7 @@ def import_settings(files: Files, with_secrets: bool = False) -> Imported:
         imp.put("api_host", api, "ServerName of the vhost proxying to Museum's port")
     if web and web != f"enteauth.{domain}":
         imp.put("web_host", web, "ServerName of the vhost proxying to the web app's port")
-    smtp = museum.get("smtp") if isinstance(museum.get("smtp"), dict) else {}
+    smtp = _map(museum.get("smtp"))
     mail_host = str(smtp.get("host") or "") or conf.get("myhostname", (0, ""))[1]
     if mail_host and mail_host != f"smtp.{domain}":
         imp.put("mail_host", mail_host, "museum.yaml smtp.host")
@@ -206,13 +206,13 @@ def import_settings(files: Files, with_secrets: bool = False) -> Imported:
         imp.unmapped.append(f"docker-compose.yml service {service}: the lab's stack has no such service")
 
     # --- Docker network
-    networks = compose.get("networks") if isinstance(compose.get("networks"), dict) else {}
+    networks = _map(compose.get("networks"))
     network = next(iter(networks), "")
     if network:
         imp.put("docker.network", str(network), "docker-compose.yml networks")
-    museum_svc = services.get("ente-museum") if isinstance(services.get("ente-museum"), dict) else {}
+    museum_svc = _map(services.get("ente-museum"))
     museum_ip = env.get("MUSEUM_IPV4_ADDRESS", "")
-    nets = museum_svc.get("networks") if isinstance(museum_svc.get("networks"), dict) else {}
+    nets = _map(museum_svc.get("networks"))
     for spec in nets.values():
         if isinstance(spec, dict) and spec.get("ipv4_address") and not museum_ip:
             museum_ip = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), str(spec["ipv4_address"]))
@@ -223,7 +223,7 @@ def import_settings(files: Files, with_secrets: bool = False) -> Imported:
     data_dir = _data_dir(services)
     if data_dir:
         imp.put("paths.data_dir", data_dir, "docker-compose.yml volumes")
-    db = museum.get("db") if isinstance(museum.get("db"), dict) else {}
+    db = _map(museum.get("db"))
     for key, var in (("name", "ENTE_DB_NAME"), ("user", "ENTE_DB_USER")):
         value = env.get(var) or db.get(key)
         if value:
@@ -270,6 +270,10 @@ def import_settings(files: Files, with_secrets: bool = False) -> Imported:
     else:
         imp.unmapped.append("secrets: not imported (--with-secrets takes them); the lab keeps its own")
     return imp
+
+
+def _map(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _dig(doc: Any, *keys: str) -> Any:
@@ -424,3 +428,47 @@ def write_secrets(path: Path, found: dict, force: bool) -> None:
                        hint="--secrets-file another file, or --force")
     values = {name: found.get(name) or gen() for name, gen in secrets_mod.GENERATORS.items()}
     secrets_mod.write(path, secrets_mod.Secrets(**values))
+
+
+# ------------------------------------------------------------------ the task
+def run_import(host: str, compose_dir: str, output: Path, secrets_file: Path, user: str = "",
+               port: int = 22, identity: str = "", sudo: bool = False, root: str = "/",
+               with_secrets: bool = False, force: bool = False) -> Imported:
+    """lab.import: read, map, validate, write settings (and secrets, 0600); print what was
+    mapped from where and what was not (never a secret's value)."""
+    from rich.markup import escape
+
+    from .production import Reader, read_production
+    from .progress import console, info, stage
+    for path, wanted in ((output, True), (secrets_file, with_secrets)):
+        if wanted and (path.exists() or path.is_symlink()) and not force:
+            raise BadInput(f"{path} exists; lab.import does not overwrite it",
+                           hint="--output / --secrets-file another file, or --force")
+    with stage(f"read {host} over SSH (read-only{', sudo -n cat' if sudo else ''})"):
+        reader = Reader.connect(host, user=user, port=port, identity=identity, root=root, sudo=sudo)
+        try:
+            prod = read_production(reader, host, compose_dir)
+        finally:
+            reader.close()
+    files = Files({f.path: f.text for f in prod.readable()},
+                  {f.path for f in prod.files.values() if f.status in ("unreadable", "too-large")},
+                  prod.compose_dir)
+    imp = import_settings(files, with_secrets=with_secrets)
+    for f in prod.files.values():
+        if f.status in ("missing", "unreadable", "too-large") and not (f.status == "missing" and f.spec.optional):
+            imp.unmapped.insert(0, f"{f.path}: {f.status}" + (f" ({f.detail})" if f.detail else ""))
+    _, warnings = validated(imp)
+    write_settings(output, settings_yaml(imp, host), force)
+    console.print(f"[bold]lab.import {escape(host)}[/]: settings written to {escape(str(output))}")
+    for key, source in imp.mapped:
+        info(f"  {key:<22} <- {source}")
+    if with_secrets:
+        write_secrets(secrets_file, imp.secrets, force)
+        info(f"secrets written to {secrets_file} (mode 0600; values not shown): imported "
+             f"{', '.join(sorted(imp.secrets)) or 'none'}; the others generated")
+    console.print(f"[yellow]not mapped ({len(imp.unmapped)}):[/]")
+    for line in imp.unmapped:
+        info(f"  - {line}")
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}")
+    return imp
