@@ -88,6 +88,18 @@ def converge(c, set=None):
     body.run(body.converge_lab, overrides=set or [])
 
 
+@task(positional=["name"], help={"name": "A pitfall's name (./labctl lab.pitfalls lists them)"})
+def explain(c, name):
+    """What pitfall NAME is: the article's text, symptom, cause, fix, deviation row, switch."""
+    body.run(body.explain, name=name)
+
+
+@task(name="pitfalls")
+def pitfalls_(c):
+    """Every pitfall of the article: name, section, switch on/off/none (settings pitfalls.*)."""
+    body.run(body.pitfalls_table)
+
+
 @task
 def certs(c):
     """Issue the lab certificate from the private ACME CA (pebble) with dehydrated."""
@@ -235,5 +247,5 @@ ns.collections["lab"].add_task(snapshots_)
 ns.collections["lab"].add_task(forget_)
 ns.collections["lab"].add_task(suspend_)
 ns.collections["lab"].add_task(resume_)
-for _t in (mail, ott, users, admin_, cli_account_add, cli_unlimited, diff, import_):
+for _t in (mail, ott, users, admin_, cli_account_add, cli_unlimited, explain, pitfalls_, diff, import_):
     ns.collections["lab"].add_task(_t)

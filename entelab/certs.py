@@ -64,6 +64,11 @@ class DehydratedConf:
     config: str = "/etc/dehydrated/config"
 
     @property
+    def domains(self) -> str:
+        """domains.txt: one line per certificate (templates/dehydrated/domains.txt.j2)."""
+        return f"{self.basedir}/domains.txt"
+
+    @property
     def cert(self) -> str:
         return f"{self.basedir}/certs/{self.domain}/cert.pem"
 

@@ -6,16 +6,18 @@ or below reads them from disk again.
 
 from __future__ import annotations
 
+import shlex
+
 from rich.markup import escape
 from rich.table import Table
 
-from . import accel, certs, converge, health, host, payload, snapshot, stack, vm
+from . import accel, certs, converge, health, host, payload, pitfalls, snapshot, stack, vm
 from . import box as boxmod
 from . import secrets as secrets_mod
 from .errors import LabError
 from .guest import Guest
 from .progress import console, stage
-from .render import render_lab
+from .render import load_manifest, render_lab
 from .settings import Settings
 from .state import LabPaths, ensure_dirs
 
@@ -57,7 +59,28 @@ def up(paths: LabPaths, settings: Settings) -> None:
     stack.smoke(g, settings)
 
 
-def status(paths: LabPaths) -> None:
+def pitfalls_in_vm(g: Guest, paths: LabPaths) -> list[str]:
+    """The pitfalls live in the VM: marker comments in the lab's files there (the
+    manifest's list), whatever the settings say now."""
+    try:
+        files = [e.path for e in load_manifest(paths) if e.kind == "file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not files:
+        return []
+    cmd = (f"grep -h -o -E {shlex.quote(pitfalls.MARKED.pattern.replace(chr(92) + '1', '[a-z_]+'))}"
+           f" -- {' '.join(shlex.quote(f) for f in files)} 2>/dev/null || true")
+    return pitfalls.marked(g.run(cmd, check=False).stdout)
+
+
+def _pitfalls_row(names: list[str] | None) -> str:
+    if names is None:
+        return "[red]unknown (the settings do not load: ./labctl lab.settings)[/]"
+    return "[bold red]" + ", ".join(names) + "[/] (./labctl lab.explain NAME)" if names else "none"
+
+
+def status(paths: LabPaths, pitfalls_on: list[str] | None = None) -> None:
+    """``pitfalls_on``: the switches on in the settings (None: the settings do not load)."""
     st = vm.state(paths)
     table = Table(title=f"ente-lab {paths.lab_id}", show_header=False)
     table.add_column("key", style="bold")
@@ -68,6 +91,7 @@ def status(paths: LabPaths) -> None:
     table.add_row("acceleration", st["accel"])
     table.add_row("address", st["address"] or "-")
     table.add_row("state dir", str(paths.home))
+    table.add_row("pitfalls on (settings)", _pitfalls_row(pitfalls_on))
     if st["state"] == "running":
         _guest_status(paths, table)
     else:
@@ -81,6 +105,7 @@ def _guest_status(paths: LabPaths, table: Table) -> None:
         for name, st in health.services(g).items():
             table.add_row(f"rc.{name}", st if st == "stopped" else f"[green]{st}[/]")
         table.add_row("stack.payload", stack.payload_in_guest(g))
+        table.add_row("pitfalls live in the VM", _pitfalls_row(pitfalls_in_vm(g, paths)))
         last = converge.last_converge(g)
         found = stack.containers(g)
     except LabError as exc:     # status must still print what it has

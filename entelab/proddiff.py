@@ -132,7 +132,7 @@ DEVIATION_RULES: tuple[Rule, ...] = (
     Rule(16, "/etc/dnsmasq.conf", r"."),
     Rule(17, "/etc/postfix/main.cf", r"^(smtpd_tls_security_level|smtpd_sasl_auth_enable|syslog_name|"
                                      r"smtpd_tls_auth_only) ="),
-    Rule(22, "/etc/postfix/main.cf", r"^virtual_alias_maps = "),
+    Rule(31, "/etc/postfix/main.cf", r"^virtual_alias_maps = "),
     Rule(19, "/etc/postfix/main.cf", r"."),
     Rule(17, "/etc/postfix/master.cf", r"^-o (syslog_name|smtpd_tls_security_level|smtpd_sasl_auth_enable|"
                                        r"smtpd_tls_auth_only)="),
@@ -159,7 +159,7 @@ DEVIATION_RULES: tuple[Rule, ...] = (
     Rule(10, COMPOSE, r"^restart: always$", sign="-"),
     Rule(15, COMPOSE, r"^args:$|^NEXT_PUBLIC_ENTE_ENDPOINT: "),
     Rule(14, COMPOSE, r"ENTE_CLI_|cli-config"),
-    Rule(31, COMPOSE, r"^restart: always$|^networks:$|^- ente\.lan$"),
+    Rule(32, COMPOSE, r"^restart: always$|^networks:$|^- ente\.lan$"),
     Rule(27, COMPOSE, r"^image: "),
 )
 

@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from . import grammar as g
+from . import pitfalls as pitfalls_mod
 from .errors import FIX_HINT, SettingsError
 
 __all__ = ["FIX_HINT", "Settings", "SettingsError", "load_settings", "is_email", "is_hostname",
@@ -220,6 +221,27 @@ class Vm(_Section):
         return v
 
 
+class Pitfalls(_Section):
+    """The article's pitfalls the lab can switch on (docs/pitfalls.md, ``lab.explain NAME``).
+
+    One bool per ``switch=True`` entry of entelab/pitfalls.py; all off by default.
+    """
+
+    cors_article_headers: bool = False
+    cors_printed_fix: bool = False
+    cors_working_fix: bool = False
+    mail_cert_mismatch: bool = False
+
+    @property
+    def on(self) -> list[str]:
+        """The names switched on, in the registry's order."""
+        return [name for name in pitfalls_mod.SWITCHES if getattr(self, name)]
+
+
+if tuple(Pitfalls.model_fields) != pitfalls_mod.SWITCHES:     # one list: the registry's
+    raise RuntimeError("settings.Pitfalls fields differ from pitfalls.SWITCHES")
+
+
 class Settings(_Section):
     domain: str
     api_host: str = ""
@@ -237,6 +259,7 @@ class Settings(_Section):
     stack: Stack
     acme: Acme
     vm: Vm
+    pitfalls: Pitfalls = Field(default_factory=Pitfalls)
 
     @field_validator("domain", "api_host", "web_host", "mail_host")
     @classmethod
@@ -435,6 +458,9 @@ def _describe(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         known = list(parent.model_fields) if parent else []
+        if parent is Pitfalls and loc[-1] in pitfalls_mod.PITFALLS:
+            return (f"{key}: a pitfall without a switch yet (./labctl lab.explain {loc[-1]}); "
+                    f"switches: {', '.join(known)}")
         close = difflib.get_close_matches(str(loc[-1])[:80], known, n=1)
         hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{key}: unknown setting{hint} (known here: {', '.join(known)})"
@@ -532,6 +558,18 @@ def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
     if dupes:
         errors.append(f"ott: {(', '.join(dupes))} listed more than once (e-mail addresses "
                       "are compared ignoring case); one code per address")
+    cors = [f"pitfalls.{n}" for n in pitfalls_mod.CORS_SWITCHES if getattr(s.pitfalls, n)]
+    if len(cors) > 1:
+        errors.append(f"{', '.join(cors)}: only one of the CORS switches may be on at a time "
+                      "(each renders the article's set lines); turn the others off")
+    if s.pitfalls.mail_cert_mismatch:
+        if s.mta != "postfix":
+            errors.append(f"pitfalls.mail_cert_mismatch: needs mta: postfix (mta is {s.mta}; "
+                          "the sendmail templates have no pitfall switches)")
+        if s.web_host == s.domain:
+            errors.append(f"pitfalls.mail_cert_mismatch: web_host = {g.show(s.web_host)} is the "
+                          "domain: its certificate would be the lab's one (which names the mail "
+                          "host); give web_host its own name")
     return errors, warnings
 
 

@@ -115,7 +115,22 @@ def destroy(yes: bool = False) -> None:
 
 def status() -> None:
     from . import lab
-    lab.status(_paths())
+    from .errors import SettingsError
+    try:
+        on: list[str] | None = load().pitfalls.on
+    except SettingsError:
+        on = None           # status still shows the VM; lab.settings names the problem
+    lab.status(_paths(), pitfalls_on=on)
+
+
+def explain(name: str) -> None:
+    from . import pitfalls
+    console.print(pitfalls.explain(name), markup=False, highlight=False, soft_wrap=True)
+
+
+def pitfalls_table() -> None:
+    from . import pitfalls
+    console.print(pitfalls.table(load().pitfalls.on))
 
 
 def ssh(command: str = "") -> None:
@@ -131,11 +146,16 @@ def logs(service: str, follow: bool = False, tail: int = 200) -> None:
 
 
 def converge_lab(overrides: Sequence[str]) -> None:
-    from . import converge, lab
+    from . import certs, converge, lab
     from .render import render_lab
     paths = _paths()
-    render_lab(paths, load(overrides))
-    converge.converge(lab.guest(paths), paths)
+    settings = load(overrides)
+    render_lab(paths, settings)
+    guest = lab.guest(paths)
+    result = converge.converge(guest, paths)
+    # a new name list (pitfalls.mail_cert_mismatch adds a lineage): issue what it names
+    if certs.dehydrated_conf(settings).domains in {op.path for op in result.ops}:
+        certs.issue(guest, paths)
 
 
 def issue_certs() -> None:
