@@ -50,6 +50,9 @@ TEST_PACKAGES = [
     # The stand-in tests (tests/host/test_standin_*.py): the postgres entrypoint runs the real
     # PostgreSQL 15 (no daemon: policy-rc.d), node evaluates the web stand-in's config.js.
     "postgresql-15", "nodejs",
+    # lab.diff / lab.import (tests/host/test_proddiff.py): a production stand-in reached
+    # over real SSH, an sshd on 127.0.0.1 started by the test (no service is enabled).
+    "openssh-server",
 ]
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")

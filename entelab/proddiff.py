@@ -348,16 +348,20 @@ def print_report(rep: Report, sudo_used: bool) -> None:
                 colour = "red" if c.sign == "-" else "green"
                 tag = f"  [dim](deviation {c.deviation})[/]" if c.deviation else ""
                 out(f"    [{colour}]{c.sign} {escape(mask(c.line))}[/]{tag}")
+        by_name: dict[str, list[Finding]] = {}
         for f in rep.findings:
-            if pitfalls.PITFALLS[f.name].section != section:
-                continue
-            where = f"{f.path}:{f.line}" if f.line else f.path
-            label = "[bold red]PITFALL[/]" if f.pitfall else "[yellow]note[/]"
-            out(f"  {label} [bold]{f.name}[/] at {escape(where)}: {escape(mask(f.excerpt))}")
-            if f.note:
-                out(f"      {escape(mask(f.note))}")
-            if f.pitfall:
-                for line in explain_text(f.name).splitlines():
+            if pitfalls.PITFALLS[f.name].section == section:
+                by_name.setdefault(f.name, []).append(f)
+        for name, found in by_name.items():
+            is_pitfall = any(f.pitfall for f in found)
+            label = "[bold red]PITFALL[/]" if is_pitfall else "[yellow]note[/]"
+            out(f"  {label} [bold]{name}[/] ({len(found)} {'place' if len(found) == 1 else 'places'}):")
+            for f in found:
+                where = f"{f.path}:{f.line}" if f.line else f.path
+                note = f"  [dim]-- {escape(mask(f.note))}[/]" if f.note else ""
+                out(f"    at {escape(where)}: {escape(mask(f.excerpt))}{note}")
+            if is_pitfall:
+                for line in explain_text(name).splitlines():
                     out(f"      [dim]{escape(line)}[/]")
     out("")
     unexplained = sum(len(d.unexplained) for d in rep.diffs)
