@@ -272,8 +272,7 @@ def test_only_read_commands_run(standin):
                          r"else echo unreadable; fi; fi$)")
     assert prod.commands and all(allowed.match(c) for c in prod.commands), prod.commands
     assert {f.path for f in prod.by_status("sudo")} == set(SUDO_GRANTED)
-    assert [f.path for f in prod.by_status("missing")] == [f"{CD}/Dockerfile.auth", "/etc/postfix/sasl/smtpd.conf"] \
-        or {f.path for f in prod.by_status("missing")} == {f"{CD}/Dockerfile.auth", "/etc/postfix/sasl/smtpd.conf"}
+    assert {f.path for f in prod.by_status("missing")} == {f"{CD}/Dockerfile.auth", "/etc/postfix/sasl/smtpd.conf"}
     assert {f.path for f in prod.by_status("unreadable")} == {f"{CD}/cli-config.yaml"}
     assert prod.get(f"{CD}/cli-config.yaml").mode == "0600"
     _untouched(standin)
@@ -348,7 +347,7 @@ def test_import_reproduces_the_server(standin, tmp_path):
     assert all(n in rows for devs in differing.values() for n in devs)
     assert {d.path for d in rep.diffs if d.status == "same"} == SAME
     lab_only = {d.path for d in rep.diffs if d.status == "lab-only"}
-    assert lab_only == {"/etc/sudoers.d/apache_reload", f"{CD}/Dockerfile.auth"} - {f"{CD}/Dockerfile.auth"}
+    assert lab_only == {"/etc/sudoers.d/apache_reload"}      # deviation 21
     assert {d.path: d.status for d in rep.diffs if d.status in ("missing", "unreadable")} == \
         {f"{CD}/Dockerfile.auth": "missing", f"{CD}/cli-config.yaml": "unreadable"}
     _untouched(standin)
@@ -375,6 +374,5 @@ def test_lab_rendering_is_not_written(tmp_path):
     lab = proddiff.lab_rendering(settings, secrets)
     assert not (tmp_path / "none.yaml").exists()
     assert f"{CD}/docker-compose.yml" in lab
-    assert f"image: {settings.images.museum}" in lab[f"{CD}/docker-compose.yml"][0].path or \
-        settings.images.museum in lab[f"{CD}/docker-compose.yml"][1]
+    assert f"image: {render.compose_scalar(settings.images.museum)}" in lab[f"{CD}/docker-compose.yml"][1]
     assert render.MANAGED_BEGIN in lab["/etc/hosts"][1]
