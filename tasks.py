@@ -151,6 +151,30 @@ def cli_unlimited(c, email, admin):
     body.run(body.cli_unlimited, email=email, admin_email=admin)
 
 
+# ---------------------------------------------------------------- production (issue 18)
+PROD_HELP = {"user": "SSH user (default: your ssh config's or your own)", "port": "SSH port",
+             "identity": "SSH private key file", "sudo": "Read files the user cannot with `sudo -n cat`",
+             "root": "Read the server's files under this directory instead of / (a copy, a stand-in)"}
+
+
+@task(iterable=["set"], help={**PROD_HELP, **SET_HELP})
+def diff(c, host, user="", port=22, identity="", sudo=False, root="/", set=None):
+    """Compare a production server's files (read-only, SSH) with the lab's; exit 3 on a pitfall."""
+    body.run(body.diff, host=host, user=user, port=int(port), identity=identity, sudo=sudo,
+             root=root, overrides=set or [])
+
+
+@task(name="import", help={**PROD_HELP, "with-secrets": "Also take the server's secrets (written 0600, never shown)",
+                           "output": "Settings file to write (default settings.local.yaml)",
+                           "secrets-file": "Secrets file for --with-secrets (default .lab-secrets.yaml)",
+                           "force": "Overwrite the output files"})
+def import_(c, host, user="", port=22, identity="", sudo=False, root="/", with_secrets=False,
+            output="", secrets_file="", force=False):
+    """Write lab settings reproducing a production server (read-only, SSH); says what it could not map."""
+    body.run(body.import_, host=host, user=user, port=int(port), identity=identity, sudo=sudo,
+             root=root, with_secrets=with_secrets, output=output, secrets_file=secrets_file, force=force)
+
+
 # ---------------------------------------------------------------- tests
 @task(help={"k": "Only tests matching this pytest -k expression"})
 def host_tests(c, k=""):
@@ -223,5 +247,5 @@ ns.collections["lab"].add_task(snapshots_)
 ns.collections["lab"].add_task(forget_)
 ns.collections["lab"].add_task(suspend_)
 ns.collections["lab"].add_task(resume_)
-for _t in (mail, ott, users, admin_, cli_account_add, cli_unlimited, explain, pitfalls_):
+for _t in (mail, ott, users, admin_, cli_account_add, cli_unlimited, explain, pitfalls_, diff, import_):
     ns.collections["lab"].add_task(_t)

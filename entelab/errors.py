@@ -8,6 +8,7 @@ exit code ``task_bodies.run`` turns it into. Exit codes (the README lists them):
     1   a stage failed (``StageFailed``, ``HostCommandError``, ``GuestCommandError``,
         ``TemplateError``)
     2   bad input, nothing was changed (``SettingsError``)
+    3   lab.diff found a pitfall of the article in production's files (``PitfallsFound``)
     70  internal error: a bug in the lab (the traceback goes to a log file)
     130 interrupted
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_PITFALL = 3
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
@@ -69,6 +71,14 @@ class BadInput(LabError):
     before anything is done."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class PitfallsFound(LabError):
+    """lab.diff found at least one of the article's pitfalls on the production server
+    (the report above lists them): a result, not a failure of the lab."""
+
+    exit_code = EXIT_PITFALL
+    label = "pitfalls found"
 
 
 class TemplateError(LabError):

@@ -53,6 +53,9 @@ TEST_PACKAGES = [
     # The browser test (tests/host/test_browser.py): Debian's Chromium, driven headless by
     # Playwright's client, and certutil for its throw-away NSS database (the lab root).
     "chromium", "libnss3-tools",
+    # lab.diff / lab.import (tests/host/test_proddiff.py): a production stand-in reached
+    # over real SSH, an sshd on 127.0.0.1 started by the test (no service is enabled).
+    "openssh-server",
 ]
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")

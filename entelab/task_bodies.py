@@ -252,3 +252,25 @@ def cli_unlimited(email: str, admin_email: str) -> None:
     admin.check_email(admin_email)
     settings = load()
     admin.cli_unlimited(lab.guest(_paths()), settings, email, admin_email)
+
+
+# ------------------------------------------------------------ production (issue 18)
+def diff(host: str, user: str = "", port: int = 22, identity: str = "", sudo: bool = False,
+         root: str = "/", overrides: Sequence[str] = ()) -> None:
+    from . import proddiff
+    proddiff.run_diff(host, load(overrides), _paths().secrets, user=user, port=port,
+                      identity=identity, sudo=sudo, root=root)
+
+
+def import_(host: str, user: str = "", port: int = 22, identity: str = "", sudo: bool = False,
+            root: str = "/", with_secrets: bool = False, output: str = "", secrets_file: str = "",
+            force: bool = False) -> None:
+    from pathlib import Path
+
+    from . import prodimport
+    paths = _paths()
+    out = Path(output) if output else state.ROOT / "settings.local.yaml"
+    sec = Path(secrets_file) if secrets_file else paths.secrets
+    prodimport.run_import(host, load().paths.compose_dir, out, sec, user=user, port=port,
+                          identity=identity, sudo=sudo, root=root, with_secrets=with_secrets,
+                          force=force)
