@@ -142,6 +142,22 @@ class Smtp(_Section):
         return v and g.email(v)
 
 
+class Postfix(_Section):
+    """Postfix settings beyond the article's (main.cf); safe to change on a running lab."""
+
+    message_size_limit: int
+
+    _size = _v("message_size_limit", grammar=g.message_size)
+
+
+class Upgrade(_Section):
+    """lab.upgrade (issue 16)."""
+
+    keep_dumps: int
+
+    _n = _v("keep_dumps", grammar=g.dump_count)
+
+
 class Images(_Section):
     museum: str
     postgres: str
@@ -231,12 +247,14 @@ class Settings(_Section):
     paths: Paths
     db: Db
     smtp: Smtp
+    postfix: Postfix
     ott: list[str] = Field(default_factory=list, max_length=100)
     admins: list[int] = Field(default_factory=list, max_length=100)
     images: Images
     stack: Stack
     acme: Acme
     vm: Vm
+    upgrade: Upgrade
 
     @field_validator("domain", "api_host", "web_host", "mail_host")
     @classmethod

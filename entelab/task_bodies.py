@@ -232,3 +232,19 @@ def cli_unlimited(email: str, admin_email: str) -> None:
     admin.check_email(admin_email)
     settings = load()
     admin.cli_unlimited(lab.guest(_paths()), settings, email, admin_email)
+
+
+# ------------------------------------------------------------ verify and upgrade (issue 16)
+def verify() -> None:
+    from . import lab
+    from . import verify as verify_mod
+    paths = _paths()
+    settings = load()
+    verify_mod.verify(lab.guest(paths), paths, settings)
+
+
+def upgrade(sets: Sequence[str], file: str = "", plan: bool = False, naive: bool = False,
+            keep_on_failure: bool = False) -> None:
+    from . import upgrade_lab
+    upgrade_lab.run(_paths(), list(sets), file=file, plan_only=plan, naive=naive,
+                    keep_on_failure=keep_on_failure)
