@@ -545,7 +545,8 @@ def run_flow(plan: Plan, steps: Steps, keep_on_failure: bool = False,
                              f"{sum(c.ok for c in report.checks)}/{len(report.checks)} checks ok"))
     bad = [c for c in report.checks if not c.ok]
     if bad:
-        return fail(f"check {bad[0].name}", bad[0].detail)
+        return fail("check " + ", ".join(c.name for c in bad), "; ".join(
+            c.detail if len(bad) == 1 else f"{c.name}: {c.detail}" for c in bad))
     start = time.monotonic()
     try:
         data = steps.data_check()

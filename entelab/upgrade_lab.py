@@ -175,7 +175,11 @@ class LabSteps:
         return f"{version}; old data directory kept at {aside}; dump restored"
 
     def verify(self) -> list[Check]:
-        return verify.run_suite(self.guest, self.paths, self.new, stack_timeout=240)
+        checks = verify.run_suite(self.guest, self.paths, self.new, stack_timeout=240, fail_fast=True)
+        if len(checks) < len(verify.CHECKS):
+            ran = {c.name for c in checks}
+            info("  not run after the failure: " + ", ".join(n for n in verify.CHECKS if n not in ran))
+        return checks
 
     def data_check(self) -> Check:
         return verify.timed("data", self._data)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
 
 import conftest
 import pytest
@@ -17,6 +16,7 @@ from entelab import payload, render, upgrade
 from entelab.errors import SettingsError
 from entelab.settings import load_settings
 from entelab.verify import Check
+
 
 @pytest.fixture(scope="module")
 def secrets(tmp_path_factory):
