@@ -1,7 +1,8 @@
 """Rehearse an upgrade (issue 16): ``lab.upgrade`` takes a change set, plans, applies it on
 the running lab and keeps it or rolls back.
 
-Flow (each step timed): plan -> snapshot (``pre-upgrade-<UTC stamp>``) -> dump
+Flow (each step timed): plan -> prepare (a new PostgreSQL image loaded in the VM: nothing
+running changes, so a rollback keeps it) -> snapshot (``pre-upgrade-<UTC stamp>``) -> dump
 (``pg_dumpall`` in the postgres container, copied to ``<state dir>/dumps``, mode 0600,
 ``upgrade.keep_dumps`` newest kept) -> apply (render + converge; a PostgreSQL major
 change: stack stopped, the old data directory moved aside in the guest and kept, the new
@@ -478,6 +479,7 @@ class Steps(Protocol):
     """The side effects of an upgrade, in order. Each returns a detail string (or checks)
     and raises on failure (LabError, AssertionError)."""
 
+    def prepare(self) -> str: ...
     def snapshot(self) -> str: ...
     def dump(self) -> str: ...
     def apply(self) -> str: ...
@@ -503,9 +505,10 @@ def _timed(report: Report, name: str, fn: Callable[[], str]) -> tuple[bool, str]
 
 def run_flow(plan: Plan, steps: Steps, keep_on_failure: bool = False,
              started: str = "") -> Report:
-    """snapshot -> dump -> apply -> verify -> data check -> keep, or roll back on any failure.
-
-    A failure before the snapshot exists changes nothing (no rollback needed)."""
+    """prepare -> snapshot -> dump -> apply -> verify -> data check -> keep, or roll back on
+    any failure. ``prepare`` changes nothing that runs (it loads a new image in the VM, so
+    a rollback keeps it and a second attempt does not load it again); a failure before the
+    snapshot exists needs no rollback."""
     report = Report(plan=plan, started=started or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     if plan.no_change:
         report.outcome = "no change"
@@ -524,11 +527,12 @@ def run_flow(plan: Plan, steps: Steps, keep_on_failure: bool = False,
             report.notes.append(f"rollback failed: {detail}")
         return report
 
-    ok, detail = _timed(report, "snapshot", steps.snapshot)
-    if not ok:
-        report.outcome, report.failed, report.reason = "failed", "snapshot", detail
-        report.notes.append("nothing was changed (no snapshot, no rollback needed)")
-        return report
+    for name, fn in (("prepare", steps.prepare), ("snapshot", steps.snapshot)):
+        ok, detail = _timed(report, name, fn)
+        if not ok:
+            report.outcome, report.failed, report.reason = "failed", name, detail
+            report.notes.append("nothing running was changed (no snapshot, no rollback needed)")
+            return report
     report.snapshot = detail.split()[0] if detail else ""
     for name, fn in (("dump", steps.dump), ("apply", steps.apply)):
         ok, detail = _timed(report, name, fn)

@@ -6,13 +6,14 @@ Guest side of each step (all through the one guest runner):
   to ``<state dir>/dumps/<name>.sql`` (0600; ``upgrade.keep_dumps`` newest kept);
 - apply, no PostgreSQL major change: render + converge (converge re-creates the
   containers whose compose definition or bind-mounted file changed: rc.ente reload);
-- apply, major change by dump/restore: the new image loaded (``ente-lab-images load``),
-  the stack stopped, ``<data_dir>/postgres-data`` moved to ``postgres-data.pg<old>-<stamp>``
-  (kept), converge (the stack is stopped: files only), ``docker-compose up -d --no-deps
-  ente-postgres`` (initdb on the empty directory), the dump restored with psql (the two
-  errors every fresh cluster gives tolerated, any other one fails the step), then
-  ``rc.ente start``;
-- apply, ``--naive``: the new image loaded, the stack stopped, converge, ``rc.ente start``
+- prepare (before the snapshot): the new PostgreSQL image loaded (``ente-lab-images
+  load``; lazy in the box);
+- apply, major change by dump/restore: the stack stopped, ``<data_dir>/postgres-data``
+  moved to ``postgres-data.pg<old>-<stamp>`` (kept), converge (the stack is stopped:
+  files only), ``docker-compose up -d --no-deps ente-postgres`` (initdb on the empty
+  directory), the dump restored with psql (the two errors every fresh cluster gives
+  tolerated, any other one fails the step), then ``rc.ente start``;
+- apply, ``--naive``: the stack stopped, converge, ``rc.ente start``
   bounded in time (docker-compose waits for a PostgreSQL that never gets healthy): its
   failure is recorded and the verify suite says what is wrong;
 - rollback: snapshot restored (snapshot.restore: clock, services, root republished),
@@ -40,7 +41,7 @@ from .verify import Check
 IMAGES_TOOL = "/usr/local/sbin/ente-lab-images"
 OTTS_SQL = "SELECT email_hash, app, ott FROM otts ORDER BY 1, 2, 3"
 REGISTERED_SQL = "SELECT user_id FROM key_attributes"
-NAIVE_START_SECONDS = 150
+NAIVE_START_SECONDS = 90
 PG_READY_SECONDS = 180
 
 
@@ -82,6 +83,16 @@ class LabSteps:
         return [line for line in res.stdout.splitlines() if line.strip()]
 
     # ---------------------------------------------------------- steps
+    def prepare(self) -> str:
+        """The new PostgreSQL image into Docker (lazy: imported only now), before the
+        snapshot: nothing running changes, and a rollback keeps it loaded."""
+        if not self.plan.major_change or self.new.stack.payload != "standin":
+            return "nothing to prepare"
+        start = time.monotonic()
+        self.sh(f"{IMAGES_TOOL} load {shlex.quote(self.plan.new_pg_image)}", timeout=900,
+                hint=f"./labctl lab.ssh --command 'sudo {IMAGES_TOOL} status'")
+        return f"{self.plan.new_pg_image} loaded in {time.monotonic() - start:.1f}s"
+
     def snapshot(self) -> str:
         existing = snapshot.names(self.paths)
         ours = sorted(n for n in existing if n.startswith(up.SNAPSHOT_PREFIX))
@@ -128,9 +139,6 @@ class LabSteps:
             if not res.ok:
                 raise StageFailed("converge refused a file or a reload failed (see above)")
             return f"{len(res.ops)} files changed, reloaded {', '.join(res.report.get('reloaded', [])) or 'nothing'}"
-        if self.new.stack.payload == "standin":
-            self.sh(f"{IMAGES_TOOL} load {shlex.quote(self.plan.new_pg_image)}", timeout=900,
-                    hint=f"./labctl lab.ssh --command 'sudo {IMAGES_TOOL} status'")
         self.sh("/etc/rc.d/rc.ente stop", timeout=180)
         if self.plan.pg_mode == "naive":
             res = converge.converge_with(self.guest, self.paths)

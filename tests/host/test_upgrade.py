@@ -238,6 +238,9 @@ class FakeSteps:
             raise AssertionError(f"{name} broke")
         return detail
 
+    def prepare(self):
+        return self._step("prepare", "nothing to prepare")
+
     def snapshot(self):
         return self._step("snapshot", "pre-upgrade-x (disk + memory)")
 
@@ -271,9 +274,9 @@ def test_success_keeps_and_never_restores():
     steps = FakeSteps()
     r = upgrade.run_flow(a_plan(), steps)
     assert r.outcome == "kept" and r.ok and steps.settings_written
-    assert steps.calls == ["snapshot", "dump", "apply", "verify", "data", "keep"]
+    assert steps.calls == ["prepare", "snapshot", "dump", "apply", "verify", "data", "keep"]
     assert r.snapshot == "pre-upgrade-x" and r.dump.endswith(".sql")
-    assert [s.name for s in r.steps] == ["snapshot", "dump", "apply", "verify", "data check", "keep"]
+    assert [s.name for s in r.steps] == ["prepare", "snapshot", "dump", "apply", "verify", "data check", "keep"]
 
 
 def test_a_failing_check_restores_and_leaves_settings_untouched():
@@ -283,6 +286,14 @@ def test_a_failing_check_restores_and_leaves_settings_untouched():
     assert r.failed == "check stack" and r.reason == "detail"
     assert steps.calls[-1] == "rollback" and "keep" not in steps.calls and not steps.settings_written
     assert "data" not in steps.calls
+
+
+def test_every_failed_check_is_named():
+    class Two(FakeSteps):
+        def verify(self):
+            return [Check("stack", False, "FATAL: x", 1.0), Check("proxy", False, "502", 1.0)]
+    r = upgrade.run_flow(a_plan(), Two())
+    assert r.failed == "check stack, proxy" and r.reason == "stack: FATAL: x; proxy: 502"
 
 
 @pytest.mark.parametrize("fail", ["dump", "apply", "data", "keep"])
@@ -300,10 +311,12 @@ def test_keep_on_failure_does_not_restore():
     assert not steps.settings_written and any("lab.restore pre-upgrade-x" in n for n in r.notes)
 
 
-def test_a_failed_snapshot_changes_nothing_and_needs_no_rollback():
-    steps = FakeSteps(fail="snapshot")
+@pytest.mark.parametrize("fail", ["prepare", "snapshot"])
+def test_a_failure_before_the_snapshot_needs_no_rollback(fail):
+    steps = FakeSteps(fail=fail)
     r = upgrade.run_flow(a_plan(), steps)
-    assert r.outcome == "failed" and r.failed == "snapshot" and steps.calls == ["snapshot"]
+    assert r.outcome == "failed" and r.failed == fail and "rollback" not in steps.calls
+    assert steps.calls[-1] == fail and "dump" not in steps.calls
 
 
 def test_a_failed_rollback_is_reported():

@@ -87,9 +87,13 @@ def test_a_postfix_change_passes_is_kept_and_written_to_settings(guest, paths, s
     assert report.snapshot in snapshot.names(paths)
 
 
-def test_naive_postgres_major_bump_fails_and_is_rolled_back(guest, paths, settings, reset):
+def test_naive_17_fails_and_rolls_back_then_dump_restore_keeps_users_and_codes(guest, paths, settings,
+                                                                                reset):
+    """(b) then (c) on one lab: the naive bump loads the 17 image before its snapshot, so the
+    rollback keeps it loaded and the dump/restore upgrade does not import it again."""
+    # ---- (b) the naive bump: fails as production does, rolled back, still on 15
     before = reset.read_bytes() if reset.exists() else None
-    users = signed_up(guest, settings, 1)
+    users = signed_up(guest, settings, 2)
     with pytest.raises(upgrade.UpgradeFailed) as exc:
         upgrade_lab.run(paths, ["images.postgres=ente-lab/postgres:17"], naive=True)
     guest.close()
@@ -110,10 +114,10 @@ def test_naive_postgres_major_bump_fails_and_is_rolled_back(guest, paths, settin
     compose = (paths.rendered / settings.paths.compose_dir.lstrip("/") / "docker-compose.yml").read_text()
     assert "ente-lab/postgres:15" in compose and "ente-lab/postgres:17" not in compose
     assert verify.timed("proxy", lambda: verify.check_proxy(guest, paths, settings)).ok
+    prepared = next(s for s in data["steps"] if s["name"] == "prepare")
+    assert "ente-lab/postgres:17 loaded" in prepared["detail"]
 
-
-def test_dump_restore_upgrade_to_17_keeps_users_and_codes(guest, paths, settings, reset):
-    users = signed_up(guest, settings, 2)
+    # ---- (c) the same change by dump/restore: on 17 after, users and codes kept
     pending = f"pending-{uuid.uuid4().hex[:8]}@{settings.domain}"      # a code asked for, never used
     r = verify.post_json(guest, settings, "/users/ott", {"email": pending, "purpose": "signup"})
     assert r["status"] == 200, r
@@ -126,6 +130,9 @@ def test_dump_restore_upgrade_to_17_keeps_users_and_codes(guest, paths, settings
     guest.close()
     assert report is not None and report.outcome == "kept", report.to_dict()
     assert report.plan.pg_mode == "dump-restore" and (report.plan.pg_old, report.plan.pg_new) == (15, 17)
+    prepared = next(s for s in report.steps if s.name == "prepare")
+    assert "nothing to do" in guest.run(f"{upgrade_lab.IMAGES_TOOL} load ente-lab/postgres:17").stdout
+    assert prepared.seconds < 30, prepared       # already loaded by the naive attempt
     # on 17, with the data of 15
     assert pg_image(guest) == "ente-lab/postgres:17"
     assert "PostgreSQL) 17." in guest.run("docker exec ente-postgres postgres --version").stdout
