@@ -175,6 +175,26 @@ def import_(c, host, user="", port=22, identity="", sudo=False, root="/", with_s
              root=root, with_secrets=with_secrets, output=output, secrets_file=secrets_file, force=force)
 
 
+# ---------------------------------------------------------------- verify and upgrade (issue 16)
+@task(name="verify")
+def verify_(c):
+    """The verify suite: services, stack, proxy, mail (a code delivered), renewal; timed."""
+    body.run(body.verify)
+
+
+@task(name="upgrade", iterable=["set"],
+      help={"set": "A change, KEY=VALUE (repeatable), e.g. --set images.postgres=ente-lab/postgres:17",
+            "file": "A settings YAML file whose keys are the change set",
+            "plan": "Print the plan and stop",
+            "naive": "A PostgreSQL major change by the tag only (no dump/restore), as an administrator "
+                     "would try it",
+            "keep-on-failure": "Do not roll back a failure: leave it for inspection"})
+def upgrade_(c, set=None, file="", plan=False, naive=False, keep_on_failure=False):
+    """Rehearse an upgrade: plan, snapshot, dump, apply, verify, data check; keep or roll back."""
+    body.run(body.upgrade, sets=set or [], file=file, plan=plan, naive=naive,
+             keep_on_failure=keep_on_failure)
+
+
 # ---------------------------------------------------------------- tests
 @task(help={"k": "Only tests matching this pytest -k expression"})
 def host_tests(c, k=""):
@@ -247,5 +267,6 @@ ns.collections["lab"].add_task(snapshots_)
 ns.collections["lab"].add_task(forget_)
 ns.collections["lab"].add_task(suspend_)
 ns.collections["lab"].add_task(resume_)
-for _t in (mail, ott, users, admin_, cli_account_add, cli_unlimited, explain, pitfalls_, diff, import_):
+for _t in (mail, ott, users, admin_, cli_account_add, cli_unlimited, explain, pitfalls_, diff, import_,
+           verify_, upgrade_):
     ns.collections["lab"].add_task(_t)

@@ -118,7 +118,9 @@ def build_image(p: LabPaths, out: Path, standin: tuple[Path, Path]) -> None:
     """mmdebstrap -> ext4 -> qcow2 -> box tarball at ``out``.
 
     ``standin``: the stand-in images' (tar, manifest), copied into the image at
-    images.GUEST_DIR (the guest imports them once: ente-lab-images load).
+    images.GUEST_DIR (the guest imports them once: ente-lab-images load), with every
+    other image tar lying beside the stand-in tar (the PostgreSQL 17 rootfs, loaded
+    lazily: images.tars).
     """
     log = p.logs / "box-build.log"
     work = p.home / "boxbuild"
@@ -130,6 +132,7 @@ def build_image(p: LabPaths, out: Path, standin: tuple[Path, Path]) -> None:
     debconf = "\n".join(DEBCONF)
     services = " ".join(shlex.quote(sv.services_line) for sv in vocab.SERVICES)
     q = lambda path: shlex.quote(str(path))  # noqa: E731 - hooks run through sh
+    tars = " ".join(q(t) for t in images.sibling_tars(standin[0]))
     cmd = [
         "mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
         "--include=" + ",".join(PACKAGES),
@@ -139,7 +142,7 @@ def build_image(p: LabPaths, out: Path, standin: tuple[Path, Path]) -> None:
         "--customize-hook=" + f"mkdir -p \"$1/etc/ente-lab\" && printf '%s\\n' {services} "
                               f"> \"$1{vocab.SERVICES_FILE}\"",
         "--customize-hook=" + f"sh {q(hooks / 'guest-hook.sh')} \"$1\" {q(guest_dir(p.root))}",
-        "--customize-hook=" + f"mkdir -p \"$1{images.GUEST_DIR}\" && cp {q(standin[0])} \"$1{images.GUEST_DIR}/\" "
+        "--customize-hook=" + f"mkdir -p \"$1{images.GUEST_DIR}\" && cp {tars} \"$1{images.GUEST_DIR}/\" "
                               f"&& cp {q(standin[1])} \"$1{images.GUEST_DIR}/manifest.json\"",
         "--customize-hook=" + "chroot \"$1\" apt-get clean",
         SUITE, str(rootfs), *MIRRORS,

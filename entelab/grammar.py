@@ -251,6 +251,25 @@ def port(value: int) -> int:
     return value
 
 
+MESSAGE_SIZE_MIN = 65536           # an OTT mail is a few KiB; below this mail breaks
+MESSAGE_SIZE_MAX = 2**31 - 1       # Postfix reads it as a (signed) long; keep it portable
+
+
+def message_size(value: int) -> int:
+    """Postfix ``message_size_limit`` in bytes: 0 (no limit) or 65536 .. 2147483647."""
+    if value != 0 and not MESSAGE_SIZE_MIN <= value <= MESSAGE_SIZE_MAX:
+        raise ValueError(f"must be 0 (no limit) or a size in bytes between {MESSAGE_SIZE_MIN} "
+                         f"and {MESSAGE_SIZE_MAX}")
+    return value
+
+
+def dump_count(value: int) -> int:
+    """How many database dumps lab.upgrade keeps: 1 .. 50."""
+    if not 1 <= value <= 50:
+        raise ValueError("must be between 1 and 50 (dumps kept on the host)")
+    return value
+
+
 def _is_ipv4(value: str) -> bool:
     if not re.fullmatch(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}", value, A):
         return False

@@ -18,6 +18,16 @@ ENV/WORKDIR/LABEL/STOPSIGNAL, no RUN: no new layer, no network) on top of it.
 The tar and ``manifest.json`` (the image list below, with each Dockerfile)
 ship inside the box at ``GUEST_DIR``; ``ente-lab-images load`` in the guest
 does the import/builds (idempotent).
+
+A second rootfs carries the next PostgreSQL major for upgrade rehearsals (issue 16):
+``ente-lab/postgres:17`` from Debian trixie's ``postgresql-17`` (LLVM/JIT purged like
+the 15 image), with only the postgres entrypoint appended. It is cached as
+``<box_cache>/postgres17-base-<basehash12>.tar`` and shipped as
+``postgres17-<hash12>.tar`` beside the stand-in tar; its image is *lazy*: the guest
+imports it only when asked for it by name (``ente-lab-images load ente-lab/postgres:17``,
+which rc.ente and lab.upgrade do when the settings select it), so the first start of
+a lab does not grow. Its ``postgres`` user has the 15 image's uid/gid (100:102), so
+the 17 entrypoint never re-owns a 15 data directory it is (wrongly) pointed at.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import shlex
 import shutil
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +84,31 @@ TRIM = [
 CREATECLUSTER = "create_main_cluster = false"
 OPTIONS = {"variant": "minbase", "format": 1, "createcluster": CREATECLUSTER}
 
+# ---- the second rootfs: PostgreSQL 17 from trixie (upgrade rehearsals, issue 16)
+PG17_SUITE = "trixie"
+PG17_MIRRORS = [
+    "deb http://deb.debian.org/debian trixie main",
+    "deb http://deb.debian.org/debian-security trixie-security main",
+]
+PG17_PACKAGES = ["postgresql-17", "util-linux", "ca-certificates"]
+# the same user ids as the 15 image (its /etc/passwd): the entrypoint's chown never
+# touches a 15 data directory the 17 image is pointed at
+PG_UID, PG_GID = 100, 102
+# LLVM (+z3), pulled for the JIT only, whatever their versioned names are in trixie; and
+# perl (55 MB), which only postgresql-common's wrappers (pg_ctlcluster, /usr/bin/psql) use:
+# the entrypoint and the lab call the binaries in /usr/lib/postgresql/17/bin (perl-base,
+# essential, stays)
+PG17_PURGE_GLOBS = ["libllvm*", "libz3-*", "perl", "perl-modules-*", "libperl5.*"]
+PG17_JIT_FILES = ["/usr/lib/postgresql/17/lib/llvmjit*.so", "/usr/lib/postgresql/17/lib/bitcode"]
+PG17_TRIM = [
+    "/var/lib/apt/lists/*", "/var/cache/apt/*", "/var/cache/debconf/*-old", "/var/log/*",
+    "/var/lib/dpkg/*-old", "/usr/share/doc/*/changelog*", "/usr/share/postgresql/17/man",
+    "/usr/share/i18n/locales", "/usr/share/i18n/charmaps", *PG17_JIT_FILES,
+]
+PG17_LINKS = {"docker-entrypoint.sh": "postgres/docker-entrypoint.sh"}
+# rootfs name -> the repository its base image is imported as in the guest
+ROOTFS = ("standin", "postgres17")
+
 STANDIN_PREFIX = "opt/ente-lab-standin"
 LINKS = {   # /usr/local/bin/<name> -> program under /opt/ente-lab-standin
     "museum": "museum/museum.py",
@@ -85,6 +121,7 @@ LINKS = {   # /usr/local/bin/<name> -> program under /opt/ente-lab-standin
 WEB_APP = "web/app"          # copied to /app as well
 GUEST_DIR = "/var/lib/ente-lab/images"
 BASE_REPO = "ente-lab/standin-base"
+BASE_REPOS = {"standin": BASE_REPO, "postgres17": "ente-lab/postgres17-base"}
 LABEL_STANDIN = "org.ente-lab.standin"
 LABEL_BASE = "org.ente-lab.base"
 LABEL_DESCRIPTION = "org.ente-lab.description"
@@ -102,13 +139,15 @@ class Image:
     workdir: str | None = None
     stopsignal: str | None = None
     key: str = ""            # the settings.images key (compose service) it serves
+    rootfs: str = "standin"  # which rootfs (ROOTFS) it is built on
+    lazy: bool = False       # imported in the guest only when asked for by name
 
     def dockerfile(self, hash12: str) -> str:
         """FROM + metadata only: no RUN, so no new layer and no network."""
         labels = {LABEL_STANDIN: "true" if self.standin else "false", LABEL_BASE: hash12}
         if self.standin:
             labels[LABEL_DESCRIPTION] = f"ente-lab stand-in for {self.upstream}"
-        lines = [f"FROM {BASE_REPO}:{hash12}"]
+        lines = [f"FROM {BASE_REPOS[self.rootfs]}:{hash12}"]
         lines += [f"ENV {k}={json.dumps(v)}" for k, v in self.env.items()]
         if self.workdir:
             lines.append(f"WORKDIR {self.workdir}")
@@ -128,7 +167,7 @@ IMAGES = [
           entrypoint=["docker-entrypoint.sh"],
           cmd=["postgres"], stopsignal="SIGINT",
           env={"PGDATA": "/var/lib/postgresql/data",
-               "PATH": "/usr/lib/postgresql/15/bin:" + STD_PATH}),
+               "PATH": "/usr/lib/postgresql/15/bin:" + STD_PATH, "PG_MAJOR": "15"}),
     Image("ente-lab/socat:1", key="socat", upstream="alpine/socat:latest", standin=False, entrypoint=["socat"]),
     Image("ente-lab/museum-standin:lab", key="museum", upstream="ghcr.io/ente/server:latest", standin=True,
           entrypoint=["museum"], workdir="/"),
@@ -140,7 +179,29 @@ IMAGES = [
           env={"PORT": "3322", "NO_UPDATE_CHECK": "1"},
           workdir="/app", cmd=["auth-web-standin"]),
     Image("ente-lab/cli-standin:lab", key="cli", upstream="ente-cli:latest", standin=True, cmd=["/bin/sh"]),
+    # the next major, for upgrade rehearsals (images.postgres); Debian trixie, loaded lazily
+    Image("ente-lab/postgres:17", key="postgres", upstream="postgres:17", standin=False,
+          rootfs="postgres17", lazy=True,
+          entrypoint=["docker-entrypoint.sh"],
+          cmd=["postgres"], stopsignal="SIGINT",
+          env={"PGDATA": "/var/lib/postgresql/data",
+               "PATH": "/usr/lib/postgresql/17/bin:" + STD_PATH, "PG_MAJOR": "17"}),
 ]
+
+
+def default_images() -> dict[str, str]:
+    """settings.images key -> the image the standin payload uses by default (the first
+    non-lazy image of each key: PostgreSQL 15)."""
+    out: dict[str, str] = {}
+    for img in IMAGES:
+        if not img.lazy:
+            out.setdefault(img.key, img.name)
+    return out
+
+
+def postgres_images() -> dict[int, str]:
+    """PostgreSQL major -> the lab-built image of it."""
+    return {int(img.name.rsplit(":", 1)[1]): img.name for img in IMAGES if img.key == "postgres"}
 
 
 # ------------------------------------------------------------------ recipe
@@ -165,12 +226,23 @@ def _tree_digest(h: hashlib._Hash, base: Path) -> None:
         h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
 
 
-def base_hash() -> str:
+def base_recipe(rootfs: str = "standin") -> dict:
+    """What shapes one package-only rootfs (read at call time: tests patch the lists)."""
+    if rootfs == "standin":
+        return {"suite": SUITE, "mirrors": MIRRORS, "packages": sorted(PACKAGES), "serve": SERVE_VERSION,
+                "excludes": PATH_EXCLUDES, "includes": PATH_INCLUDES, "trim": TRIM, "options": OPTIONS,
+                "purge": PURGE, "locales": LOCALES}
+    if rootfs == "postgres17":
+        return {"suite": PG17_SUITE, "mirrors": PG17_MIRRORS, "packages": sorted(PG17_PACKAGES),
+                "excludes": PATH_EXCLUDES, "includes": PATH_INCLUDES, "trim": PG17_TRIM,
+                "options": OPTIONS, "purge_globs": PG17_PURGE_GLOBS, "locales": LOCALES,
+                "ids": [PG_UID, PG_GID]}
+    raise ValueError(f"unknown rootfs {rootfs!r}; one of {ROOTFS}")
+
+
+def base_hash(rootfs: str = "standin") -> str:
     """sha256 over what shapes the package-only rootfs."""
-    meta = {"suite": SUITE, "mirrors": MIRRORS, "packages": sorted(PACKAGES), "serve": SERVE_VERSION,
-            "excludes": PATH_EXCLUDES, "includes": PATH_INCLUDES, "trim": TRIM, "options": OPTIONS,
-            "purge": PURGE, "locales": LOCALES}
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(base_recipe(rootfs), sort_keys=True).encode()).hexdigest()
 
 
 def recipe_hash(root: Path) -> str:
@@ -179,28 +251,38 @@ def recipe_hash(root: Path) -> str:
     # "append": bump it when append_programs() lays out the tar differently
     h.update(json.dumps({"append": 2, "links": LINKS, "web": WEB_APP, "prefix": STANDIN_PREFIX,
                          "images": [img.dockerfile("") for img in IMAGES]}, sort_keys=True).encode())
+    h.update(json.dumps({"postgres17": base_hash("postgres17"), "links": PG17_LINKS,
+                         "lazy": [img.name for img in IMAGES if img.lazy]}, sort_keys=True).encode())
     _tree_digest(h, standin_dir(root))
     return h.hexdigest()
 
 
+def tar_name(rootfs: str, hash12: str) -> str:
+    return f"{rootfs}-{hash12}.tar"
+
+
 def manifest(hash12: str) -> dict:
-    """What the guest's ente-lab-images reads: the tar, the base tag and each Dockerfile."""
+    """What the guest's ente-lab-images reads: the tars, their base tags and each Dockerfile.
+    ``tar``/``base``: the stand-in rootfs (what a plain ``load`` imports); ``bases``: every
+    rootfs; each image names its base and whether it is lazy (loaded only by name)."""
     return {
-        "format": 1,
+        "format": 2,
         "hash": hash12,
-        "tar": f"standin-{hash12}.tar",
+        "tar": tar_name("standin", hash12),
         "base": f"{BASE_REPO}:{hash12}",
+        "bases": {f"{BASE_REPOS[r]}:{hash12}": tar_name(r, hash12) for r in ROOTFS},
         "images": [{"name": img.name, "upstream": img.upstream, "standin": img.standin,
+                    "lazy": img.lazy, "base": f"{BASE_REPOS[img.rootfs]}:{hash12}",
                     "dockerfile": img.dockerfile(hash12)} for img in IMAGES],
     }
 
 
-def base_file(p: LabPaths) -> Path:
-    return p.box_cache / f"standin-base-{base_hash()[:12]}.tar"
+def base_file(p: LabPaths, rootfs: str = "standin") -> Path:
+    return p.box_cache / f"{rootfs}-base-{base_hash(rootfs)[:12]}.tar"
 
 
-def tar_file(p: LabPaths, digest: str) -> Path:
-    return p.box_cache / f"standin-{digest[:12]}.tar"
+def tar_file(p: LabPaths, digest: str, rootfs: str = "standin") -> Path:
+    return p.box_cache / tar_name(rootfs, digest[:12])
 
 
 def manifest_file(p: LabPaths, digest: str) -> Path:
@@ -219,8 +301,11 @@ def fetch_serve(dest: Path, log: Path) -> str:
     return f"node_modules/serve/{os.path.normpath(binary)}"
 
 
-def build_base(out: Path, log: Path) -> None:
-    """mmdebstrap minbase + packages + serve, trimmed, as a tar at ``out``."""
+def build_base(out: Path, log: Path, rootfs: str = "standin") -> None:
+    """mmdebstrap minbase + packages (+ serve for the stand-ins), trimmed, as a tar at ``out``."""
+    if rootfs == "postgres17":
+        build_pg17_base(out, log)
+        return
     q = lambda path: shlex.quote(str(path))  # noqa: E731 - hooks run through sh
     with tempfile.TemporaryDirectory(prefix="ente-lab-serve-") as npmdir:
         serve_bin = fetch_serve(Path(npmdir), log)
@@ -243,6 +328,35 @@ def build_base(out: Path, log: Path) -> None:
             SUITE, str(tmp), *MIRRORS,
         ]
         run(cmd, log=log, hint="read the log; mmdebstrap needs the Debian mirror and root")
+    tmp.rename(out)
+
+
+def build_pg17_base(out: Path, log: Path) -> None:
+    """trixie minbase + postgresql-17, LLVM/JIT purged, trimmed, as a tar at ``out``."""
+    trim = " ".join(f'"$1"{t}' for t in PG17_TRIM)
+    dpkgopts = ([f"--dpkgopt=path-exclude={x}" for x in PATH_EXCLUDES]
+                + [f"--dpkgopt=path-include={x}" for x in PATH_INCLUDES])
+    ids = (f"grep -q '^postgres:' \"$1/etc/group\" || echo 'postgres:x:{PG_GID}:' >> \"$1/etc/group\"; "
+           f"grep -q '^postgres:' \"$1/etc/passwd\" || echo 'postgres:x:{PG_UID}:{PG_GID}:PostgreSQL "
+           "administrator,,,:/var/lib/postgresql:/bin/bash' >> \"$1/etc/passwd\"")
+    purge = " ".join(shlex.quote(g) for g in PG17_PURGE_GLOBS)
+    tmp = out.with_suffix(".partial")
+    cmd = [
+        "mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
+        "--include=" + ",".join(PG17_PACKAGES), *dpkgopts,
+        "--essential-hook=" + "mkdir -p \"$1/etc/postgresql-common\" && printf '%s\\n' "
+                              f"{shlex.quote(CREATECLUSTER)} "
+                              "> \"$1/etc/postgresql-common/createcluster.conf\" && " + ids,
+        "--customize-hook=" + f"printf '%s\\n' {' '.join(shlex.quote(x) for x in LOCALES)} "
+                              "> \"$1/etc/locale.gen\" && { [ ! -x \"$1/usr/sbin/locale-gen\" ] "
+                              "|| chroot \"$1\" locale-gen; }",
+        "--customize-hook=" + f"pkgs=$(chroot \"$1\" dpkg-query -W -f='${{Package}}\\n' {purge} "
+                              "2>/dev/null); [ -z \"$pkgs\" ] || chroot \"$1\" dpkg --purge "
+                              "--force-depends $pkgs",
+        "--customize-hook=" + f"rm -rf {trim}",
+        PG17_SUITE, str(tmp), *PG17_MIRRORS,
+    ]
+    run(cmd, log=log, hint="read the log; mmdebstrap needs the Debian mirror (trixie) and root")
     tmp.rename(out)
 
 
@@ -309,9 +423,13 @@ class _Appender:
                          mode=0o755 if os.access(path, os.X_OK) else 0o644)
 
 
-def append_programs(base: Path, src: Path, out: Path) -> None:
-    """``out`` = ``base`` + ``src`` at /opt/ente-lab-standin, the /usr/local/bin links, /app."""
-    missing = [rel for rel in [*LINKS.values(), WEB_APP] if not (src / rel).exists()]
+def append_programs(base: Path, src: Path, out: Path, links: dict[str, str] | None = None,
+                    web: bool = True) -> None:
+    """``out`` = ``base`` + ``src`` at /opt/ente-lab-standin, the /usr/local/bin links, /app.
+    ``links``/``web``: the programs linked (default LINKS) and whether /app is laid
+    (the PostgreSQL 17 rootfs gets the postgres entrypoint only)."""
+    links = LINKS if links is None else links
+    missing = [rel for rel in [*links.values(), *([WEB_APP] if web else [])] if not (src / rel).exists()]
     if missing:
         raise StageFailed(f"stand-in programs missing under {src}: {', '.join(missing)}",
                           hint="provision/standin/ holds the stand-in programs (museum, minio, mc, "
@@ -324,9 +442,10 @@ def append_programs(base: Path, src: Path, out: Path) -> None:
             for d in ("opt", "usr", "usr/local", "usr/local/bin"):
                 app.add(d)
             app.tree(src, STANDIN_PREFIX)
-            for name, rel in LINKS.items():
+            for name, rel in links.items():
                 app.add(f"usr/local/bin/{name}", link=f"/{STANDIN_PREFIX}/{rel}")
-            app.tree(src / WEB_APP, "app")
+            if web:
+                app.tree(src / WEB_APP, "app")
             # mmdebstrap empties /run; PostgreSQL's socket dir, as the official image makes it
             pg = app.user("postgres")
             if pg:
@@ -339,27 +458,44 @@ def append_programs(base: Path, src: Path, out: Path) -> None:
 
 # ------------------------------------------------------------------ build
 def build(p: LabPaths, force: bool = False) -> tuple[Path, Path]:
-    """Build (or reuse) the stand-in tar and its manifest; returns (tar, manifest)."""
+    """Build (or reuse) the stand-in tar, the PostgreSQL 17 tar and the manifest;
+    returns (stand-in tar, manifest). The other tars lie beside it (``tar_file``)."""
     ensure_dirs(p)
     log = p.logs / "images-build.log"
     digest = recipe_hash(p.root)
-    out, man = tar_file(p, digest), manifest_file(p, digest)
-    base = base_file(p)
-    with stage(f"stand-in rootfs {base.name}", log=log,
-               hint="read the log; mmdebstrap needs the Debian mirror and root, npm the registry"):
-        if base.exists() and not force:
-            info(f"  cached: {base}")
-        else:
-            build_base(base, log)
-            info(f"  built: {base} ({base.stat().st_size / 2**20:.0f} MiB)")
-    with stage(f"stand-in images {digest[:12]}", log=log):
-        if out.exists() and man.exists() and not force:
-            info(f"  cached: {out}")
-        else:
-            append_programs(base, standin_dir(p.root), out)
-            man.write_text(json.dumps(manifest(digest[:12]), indent=2) + "\n")
-            info(f"  built: {out} ({out.stat().st_size / 2**20:.0f} MiB)")
-        for stale in [*p.box_cache.glob("standin-*.tar"), *p.box_cache.glob("standin-*.json")]:
-            if stale not in (out, man, base):
+    man = manifest_file(p, digest)
+    keep = {man}
+    for rootfs in ROOTFS:
+        base = base_file(p, rootfs)
+        out = tar_file(p, digest, rootfs)
+        keep |= {base, out}
+        with stage(f"{rootfs} rootfs {base.name}", log=log,
+                   hint="read the log; mmdebstrap needs the Debian mirror and root, npm the registry"):
+            if base.exists() and not force:
+                info(f"  cached: {base}")
+            else:
+                start = time.monotonic()
+                build_base(base, log, rootfs)
+                info(f"  built: {base} ({base.stat().st_size / 2**20:.0f} MiB, "
+                     f"{time.monotonic() - start:.0f} s)")
+        with stage(f"{rootfs} images {digest[:12]}", log=log):
+            if out.exists() and not force:
+                info(f"  cached: {out}")
+            elif rootfs == "standin":
+                append_programs(base, standin_dir(p.root), out)
+            else:
+                append_programs(base, standin_dir(p.root), out, links=PG17_LINKS, web=False)
+    if force or not man.exists():
+        man.write_text(json.dumps(manifest(digest[:12]), indent=2) + "\n")
+    for rootfs in ROOTFS:
+        for stale in [*p.box_cache.glob(f"{rootfs}-*.tar"), *p.box_cache.glob(f"{rootfs}-*.json")]:
+            if stale not in keep:
                 stale.unlink()
-    return out, man
+    return tar_file(p, digest), man
+
+
+def sibling_tars(standin_tar: Path) -> list[Path]:
+    """Every image tar of the recipe whose stand-in tar is ``standin_tar`` (what the box
+    ships beside manifest.json): ``standin-<h>.tar`` -> [it, ``postgres17-<h>.tar``]."""
+    hash12 = standin_tar.name.removeprefix("standin-").removesuffix(".tar")
+    return [standin_tar.with_name(tar_name(rootfs, hash12)) for rootfs in ROOTFS]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,15 +32,36 @@ AUTO_PROBE_SECONDS = 5
 
 
 def standin_images() -> dict[str, str]:
-    """settings.images key -> the stand-in (or real, Debian-built) image."""
-    from .images import IMAGES
-    return {img.key: img.name for img in IMAGES}
+    """settings.images key -> the stand-in (or real, Debian-built) image by default."""
+    from .images import default_images
+    return default_images()
+
+
+PG_TAG = re.compile(r"(?:(?:docker\.io/)?(?:library/)?postgres|ente-lab/postgres):(\d+)(?:[.\-][\w.\-]*)?")
+
+
+def postgres_major(image: str) -> int | None:
+    """The PostgreSQL major an image reference names (``postgres:15``, ``postgres:17.2-bookworm``,
+    ``ente-lab/postgres:17``), or None (``postgres:latest``, a digest, another image)."""
+    m = PG_TAG.fullmatch(image)
+    return int(m.group(1)) if m else None
+
+
+def standin_postgres(settings: Settings) -> str:
+    """The lab-built PostgreSQL image the standin payload runs: the major images.postgres
+    names when the lab has an image of it (15 from bookworm, 17 from trixie), else 15."""
+    from .images import postgres_images
+    built = postgres_images()
+    major = postgres_major(settings.images.postgres)
+    return built.get(major, standin_images()["postgres"]) if major is not None else standin_images()["postgres"]
 
 
 def images_for(settings: Settings) -> dict[str, str]:
-    """The image each compose service uses under the settings' payload."""
+    """The image each compose service uses under the settings' payload. The standin
+    payload ignores settings.images except for PostgreSQL's major (images.postgres:
+    ``postgres:17`` or ``ente-lab/postgres:17`` -> the lab's real PostgreSQL 17)."""
     if settings.stack.payload == "standin":
-        return standin_images()
+        return {**standin_images(), "postgres": standin_postgres(settings)}
     return {key: getattr(settings.images, key) for key in IMAGE_KEYS}
 
 

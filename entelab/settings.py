@@ -143,6 +143,22 @@ class Smtp(_Section):
         return v and g.email(v)
 
 
+class Postfix(_Section):
+    """Postfix settings beyond the article's (main.cf); safe to change on a running lab."""
+
+    message_size_limit: int
+
+    _size = _v("message_size_limit", grammar=g.message_size)
+
+
+class Upgrade(_Section):
+    """lab.upgrade (issue 16)."""
+
+    keep_dumps: int
+
+    _n = _v("keep_dumps", grammar=g.dump_count)
+
+
 class Images(_Section):
     museum: str
     postgres: str
@@ -253,6 +269,7 @@ class Settings(_Section):
     paths: Paths
     db: Db
     smtp: Smtp
+    postfix: Postfix
     ott: list[str] = Field(default_factory=list, max_length=100)
     admins: list[int] = Field(default_factory=list, max_length=100)
     images: Images
@@ -260,6 +277,7 @@ class Settings(_Section):
     acme: Acme
     vm: Vm
     pitfalls: Pitfalls = Field(default_factory=Pitfalls)
+    upgrade: Upgrade
 
     @field_validator("domain", "api_host", "web_host", "mail_host")
     @classmethod

@@ -274,3 +274,19 @@ def import_(host: str, user: str = "", port: int = 22, identity: str = "", sudo:
     prodimport.run_import(host, load().paths.compose_dir, out, sec, user=user, port=port,
                           identity=identity, sudo=sudo, root=root, with_secrets=with_secrets,
                           force=force)
+
+
+# ------------------------------------------------------------ verify and upgrade (issue 16)
+def verify() -> None:
+    from . import lab
+    from . import verify as verify_mod
+    paths = _paths()
+    settings = load()
+    verify_mod.verify(lab.guest(paths), paths, settings)
+
+
+def upgrade(sets: Sequence[str], file: str = "", plan: bool = False, naive: bool = False,
+            keep_on_failure: bool = False) -> None:
+    from . import upgrade_lab
+    upgrade_lab.run(_paths(), list(sets), file=file, plan_only=plan, naive=naive,
+                    keep_on_failure=keep_on_failure)

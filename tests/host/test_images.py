@@ -98,15 +98,59 @@ EXPECTED = {
 }
 
 
-def test_manifest_lists_exactly_the_seven_images():
+def test_manifest_lists_the_seven_images_and_the_lazy_postgres_17():
     man = images.manifest("abcdef012345")
-    assert {i["name"]: i["standin"] for i in man["images"]} == EXPECTED
-    assert len(man["images"]) == 7
+    eager = {i["name"]: i["standin"] for i in man["images"] if not i["lazy"]}
+    assert eager == EXPECTED
+    assert [i["name"] for i in man["images"] if i["lazy"]] == ["ente-lab/postgres:17"]
     for img in man["images"]:
         assert ("standin" in img["name"]) == img["standin"], img["name"]
     assert man["base"] == "ente-lab/standin-base:abcdef012345"
     assert man["tar"] == "standin-abcdef012345.tar"
+    assert man["bases"] == {"ente-lab/standin-base:abcdef012345": "standin-abcdef012345.tar",
+                            "ente-lab/postgres17-base:abcdef012345": "postgres17-abcdef012345.tar"}
+    pg17 = next(i for i in man["images"] if i["name"] == "ente-lab/postgres:17")
+    assert pg17["base"] == "ente-lab/postgres17-base:abcdef012345"
     json.dumps(man)      # the guest reads it as JSON
+
+
+def test_default_images_leave_the_lazy_one_out():
+    assert images.default_images()["postgres"] == "ente-lab/postgres:15"
+    assert images.postgres_images() == {15: "ente-lab/postgres:15", 17: "ente-lab/postgres:17"}
+
+
+def test_postgres_17_recipe_is_trixie_without_jit_or_perl():
+    r = images.base_recipe("postgres17")
+    assert r["suite"] == "trixie" and all(" trixie" in m for m in r["mirrors"])
+    assert "postgresql-17" in r["packages"] and "util-linux" in r["packages"]   # setpriv
+    assert {"libllvm*", "libz3-*", "perl"} <= set(r["purge_globs"])
+    assert "/usr/lib/postgresql/17/lib/bitcode" in r["trim"]
+    assert r["ids"] == [100, 102]           # the 15 image's postgres uid/gid
+    assert images.base_hash("postgres17") != images.base_hash()
+    with pytest.raises(ValueError):
+        images.base_recipe("nope")
+
+
+def test_standin_base_hash_ignores_the_postgres_17_recipe(monkeypatch, checkout):
+    base, recipe = images.base_hash(), images.recipe_hash(checkout)
+    monkeypatch.setattr(images, "PG17_PACKAGES", [*images.PG17_PACKAGES, "htop"])
+    assert images.base_hash() == base, "a PG 17 change must not rebuild the stand-in rootfs"
+    assert images.recipe_hash(checkout) != recipe, "but it is a new box"
+
+
+def test_sibling_tars(tmp_path):
+    got = images.sibling_tars(tmp_path / "standin-abcdef012345.tar")
+    assert [p.name for p in got] == ["standin-abcdef012345.tar", "postgres17-abcdef012345.tar"]
+
+
+def test_postgres_17_tar_gets_the_entrypoint_only(checkout, tmp_path):
+    base, out = tmp_path / "base.tar", tmp_path / "out.tar"
+    _fake_base(base)
+    images.append_programs(base, checkout / "provision" / "standin", out, links=images.PG17_LINKS, web=False)
+    with tarfile.open(out) as tar:
+        names = {m.name.removeprefix("./") for m in tar.getmembers()}
+    assert "usr/local/bin/docker-entrypoint.sh" in names and "usr/local/bin/museum" not in names
+    assert not any(n.startswith("app") for n in names)
 
 
 def _instructions(dockerfile: str) -> dict[str, list[str]]:
@@ -122,7 +166,8 @@ def test_thin_dockerfiles_are_metadata_only():
     for img in images.IMAGES:
         ins = _instructions(img.dockerfile("abcdef012345"))
         assert set(ins) <= allowed and "RUN" not in ins, img.name
-        assert ins["FROM"] == ["ente-lab/standin-base:abcdef012345"]
+        repo = "ente-lab/postgres17-base" if img.lazy else "ente-lab/standin-base"
+        assert ins["FROM"] == [f"{repo}:abcdef012345"]
         labels = " ".join(ins["LABEL"])
         assert 'org.ente-lab.base="abcdef012345"' in labels
         assert f'org.ente-lab.standin="{"true" if img.standin else "false"}"' in labels
@@ -132,6 +177,7 @@ def test_thin_dockerfiles_are_metadata_only():
 
 @pytest.mark.parametrize("name, entrypoint, cmd", [
     ("ente-lab/postgres:15", ["docker-entrypoint.sh"], ["postgres"]),
+    ("ente-lab/postgres:17", ["docker-entrypoint.sh"], ["postgres"]),
     ("ente-lab/socat:1", ["socat"], None),
     ("ente-lab/museum-standin:lab", ["museum"], None),
     ("ente-lab/minio-standin:lab", ["minio"], ["server", "/data"]),
@@ -151,6 +197,10 @@ def test_postgres_and_web_metadata():
     assert pg["STOPSIGNAL"] == ["SIGINT"]
     assert 'PGDATA="/var/lib/postgresql/data"' in pg["ENV"]
     assert any(e.startswith('PATH="/usr/lib/postgresql/15/bin:') for e in pg["ENV"])
+    assert 'PG_MAJOR="15"' in pg["ENV"]
+    pg17 = _instructions(next(i for i in images.IMAGES if i.name.endswith(":17")).dockerfile("h"))
+    assert pg17["STOPSIGNAL"] == ["SIGINT"] and 'PG_MAJOR="17"' in pg17["ENV"]
+    assert any(e.startswith('PATH="/usr/lib/postgresql/17/bin:') for e in pg17["ENV"])
     web = _instructions(next(i for i in images.IMAGES if "auth-web" in i.name).dockerfile("h"))
     assert web["ENV"] == ['PORT="3322"', 'NO_UPDATE_CHECK="1"'] and web["WORKDIR"] == ["/app"]
     museum = _instructions(next(i for i in images.IMAGES if "museum" in i.name).dockerfile("h"))
@@ -254,6 +304,7 @@ def test_guest_load_is_idempotent(tmp_path):
     imgdir.mkdir()
     (imgdir / "manifest.json").write_text(json.dumps(images.manifest("abcdef012345")))
     (imgdir / "standin-abcdef012345.tar").write_bytes(b"")
+    (imgdir / "postgres17-abcdef012345.tar").write_bytes(b"")
     fake = tmp_path / "docker"
     fake.write_text(FAKE_DOCKER)
     fake.chmod(0o755)
@@ -271,7 +322,8 @@ def test_guest_load_is_idempotent(tmp_path):
     calls2 = (tmp_path / "db.json.log").read_text().splitlines()
     assert not [c for c in calls2[len(calls):] if c.startswith(("import", "build"))]
     status = json.loads(run("status", "--json").stdout)
-    assert all(r["current"] for r in status["images"]) and len(status["images"]) == 7
+    assert [r["image"] for r in status["images"] if not r["current"]] == ["ente-lab/postgres:17"]
+    assert len(status["images"]) == 8
     # a stale image (another base) is rebuilt, without a new import
     db = json.loads((tmp_path / "db.json").read_text())
     db["ente-lab/mc-standin:lab"]["Config"]["Labels"]["org.ente-lab.base"] = "old"
@@ -281,6 +333,16 @@ def test_guest_load_is_idempotent(tmp_path):
     assert [c for c in calls3 if c.startswith(("import", "build"))] == \
         ["build --quiet -t ente-lab/mc-standin:lab -"]
     assert run("bogus").returncode == 2
+    # the lazy image: only by name, importing its own base once
+    assert run("load", "ente-lab/nope:1").returncode == 1
+    lazy = run("load", "ente-lab/postgres:17")
+    assert lazy.returncode == 0, lazy.stderr
+    calls4 = (tmp_path / "db.json.log").read_text().splitlines()[len(calls2) + len(calls3):]
+    assert [c for c in calls4 if c.startswith(("import", "build"))] == [
+        "import --message ente-lab rootfs abcdef012345 "
+        f"{imgdir}/postgres17-abcdef012345.tar ente-lab/postgres17-base:abcdef012345",
+        "build --quiet -t ente-lab/postgres:17 -"]
+    assert "nothing to do" in run("load", "ente-lab/postgres:17").stdout
 
 
 def test_appended_tar_has_no_duplicate_paths(checkout, tmp_path):

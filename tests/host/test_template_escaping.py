@@ -29,6 +29,7 @@ GRAMMAR_SAFE = {
     "s.ports.postgres", "s.docker.network", "s.docker.subnet", "s.docker.ip_range",
     "s.docker.gateway", "s.docker.museum_ip", "s.docker_network_prefix", "s.vm.hostname",
     "s.acme.user", "s.smtp.username", "s.smtp.port", "s.db.name", "s.db.user", "s.admins",
+    "s.postfix.message_size_limit",   # an int by its grammar (message_size)
     "lab_id", "managed_begin", "managed_end", "catchall",
 }
 # Per format, a few more: users.conf is split on ':' only, and a crypt hash has none.

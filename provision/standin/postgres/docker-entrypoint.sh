@@ -1,6 +1,12 @@
 #!/bin/sh
-# ente-lab: the official postgres image's entrypoint interface on top of Debian 12's REAL
-# PostgreSQL 15 (/usr/lib/postgresql/15/bin). Not a stand-in for the database itself.
+# ente-lab: the official postgres image's entrypoint interface on top of Debian's REAL
+# PostgreSQL: 15 from bookworm (ente-lab/postgres:15) or 17 from trixie
+# (ente-lab/postgres:17). Not a stand-in for the database itself.
+# The binaries: PGBIN, else /usr/lib/postgresql/$PG_MAJOR/bin (the image sets PG_MAJOR),
+# else the one /usr/lib/postgresql/<major>/bin the rootfs holds.
+# A data directory of another major is refused by postgres itself, exactly as upstream
+# ("FATAL:  database files are incompatible with server"): this script never masks it,
+# the container exits non-zero (upgrades are dump/restore, as upstream).
 #   env: POSTGRES_PASSWORD (required on first start), POSTGRES_USER (default postgres),
 #        POSTGRES_DB (default $POSTGRES_USER), PGDATA (default /var/lib/postgresql/data),
 #        POSTGRES_INITDB_ARGS, POSTGRES_HOST_AUTH_METHOD (default scram-sha-256), PGPORT.
@@ -8,10 +14,26 @@
 #   itself as the postgres user; on an empty data dir initdb + user + database + the
 #   /docker-entrypoint-initdb.d scripts (*.sh, *.sql); then exec postgres in the foreground
 #   (log on stderr). Any other command is exec'ed as is.
-# pg_isready: the image puts /usr/lib/postgresql/15/bin on PATH.
+# pg_isready: the image puts /usr/lib/postgresql/<major>/bin on PATH.
 set -eu
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+log() { printf '%s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+if [ -z "${PGBIN:-}" ]; then
+    if [ -n "${PG_MAJOR:-}" ]; then
+        PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
+    else
+        for dir in /usr/lib/postgresql/*/bin; do
+            [ -x "$dir/postgres" ] || continue
+            [ -z "${PGBIN:-}" ] || die "several PostgreSQL majors under /usr/lib/postgresql: set PG_MAJOR"
+            PGBIN=$dir
+        done
+    fi
+fi
+if [ -z "${PGBIN:-}" ] || [ ! -x "$PGBIN/postgres" ]; then
+    die "no PostgreSQL server binaries (${PGBIN:-/usr/lib/postgresql/*/bin}/postgres)"
+fi
 PATH="$PGBIN:$PATH"
 export PATH
 PGDATA=${PGDATA:-/var/lib/postgresql/data}
@@ -21,9 +43,6 @@ POSTGRES_DB=${POSTGRES_DB:-$POSTGRES_USER}
 POSTGRES_HOST_AUTH_METHOD=${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}
 PGPORT=${PGPORT:-5432}
 export PGPORT
-
-log() { printf '%s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Like upstream: options only ("-c x=y") mean "postgres -c x=y".
 if [ "$#" -eq 0 ] || [ "${1#-}" != "$1" ]; then
