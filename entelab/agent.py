@@ -110,6 +110,10 @@ def facts(entries: list[dict], root: str = "/") -> dict:
 # ----------------------------------------------------------------- apply
 def _install(op: vocab.Op, bundle: Path, root: Path) -> None:
     dest = root / op.path.lstrip("/")
+    if op.action is Action.REMOVE:
+        if dest.is_symlink() or dest.is_file():
+            dest.unlink()
+        return
     dest.parent.mkdir(parents=True, exist_ok=True)
     if op.action is Action.LINK:
         if dest.is_symlink() or dest.exists():

@@ -51,6 +51,10 @@ def plan(entries: list[Entry], facts: dict) -> list[Op]:
                       reload=Reload(e.reload), validate=validate or Validator(e.validate),
                       **kw)  # type: ignore[arg-type]
 
+        if e.kind == "absent":
+            if f.get("type") in ("file", "link"):
+                ops.append(op(Action.REMOVE, Validator.NONE))
+            continue
         if e.kind == "link":
             if f.get("type") != "link" or f.get("target") != e.target:
                 ops.append(op(Action.LINK, Validator.NONE, target=e.target))

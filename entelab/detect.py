@@ -18,6 +18,7 @@ import yaml
 
 HTTPD_DIR = "/etc/httpd"
 MAIN_CF = "/etc/postfix/main.cf"
+MASTER_CF = "/etc/postfix/master.cf"
 SASL2_CONF = "/etc/sasl2/smtpd.conf"
 POSTFIX_SASL_CONF = "/etc/postfix/sasl/smtpd.conf"
 DOMAINS_TXT = "/etc/dehydrated/domains.txt"
@@ -184,7 +185,9 @@ def sasl_wrong_dir(f: Files) -> list[Finding]:
     if not f.exists(SASL2_CONF) or f.exists(POSTFIX_SASL_CONF) or main is None:
         return []
     conf = _postconf(main)
-    if conf.get("smtpd_sasl_auth_enable", (0, "no"))[1].lower() != "yes":
+    master = f.get(MASTER_CF) or ""
+    in_master = re.search(r"(?m)^\s+-o\s+smtpd_sasl_auth_enable\s*=\s*yes\b", master)
+    if conf.get("smtpd_sasl_auth_enable", (0, "no"))[1].lower() != "yes" and not in_master:
         return []
     path_conf = conf.get("cyrus_sasl_config_path", (0, ""))[1]
     if "/etc/sasl2" in path_conf:
@@ -245,7 +248,8 @@ def mail_cert_mismatch(f: Files) -> list[Finding]:
 
 
 # ------------------------------------------------------------------ dehydrated / sudoers
-HOOK_SUDO = re.compile(r"^\s*sudo\s+(?:-n\s+)?(/\S+(?:\s+[^;&|#]*)?)")
+# ``sudo CMD`` as the article writes it, or ``"${SUDO}" -n CMD`` as the lab's hook does
+HOOK_SUDO = re.compile(r"""(?:^|\s)(?:sudo|"\$\{SUDO\}")\s+(?:-n\s+)?(/[^\s"]+(?:\s+[^;&|#"]*)?)""")
 
 
 def _sudo_rules(f: Files) -> list[tuple[str, str]]:
@@ -266,8 +270,8 @@ def missing_sudoers(f: Files) -> list[Finding]:
     hook = f.get(HOOK)
     if hook is None:
         return []
-    calls = [(n, line.strip(), " ".join(HOOK_SUDO.match(line).group(1).split()))  # type: ignore[union-attr]
-             for n, line in _lines(hook) if HOOK_SUDO.match(line)]
+    calls = [(n, line.strip(), " ".join(HOOK_SUDO.search(line).group(1).split()))  # type: ignore[union-attr]
+             for n, line in _lines(hook) if HOOK_SUDO.search(line)]
     if not calls:
         return []
     unread = sorted(p for p in f.unreadable if p.startswith(SUDOERS_DIR + "/"))
@@ -352,6 +356,24 @@ DETECTORS: dict[str, Callable[[Files], list[Finding]]] = {
     "healthcheck_echo": healthcheck_echo,
     "compose_missing_quote": compose_missing_quote,
 }
+
+
+# Where the lab's guest (Debian) keeps what the article's Slackware host has elsewhere:
+# lab path prefix -> the production path prefix the detectors read.
+LAB_TO_PRODUCTION = {"/etc/apache2/sites-enabled/": HTTPD_DIR + "/extra/"}
+
+
+def from_lab(texts: dict[str, str], compose_dir: str = "/usr/local/docker-ente",
+             unreadable: Iterable[str] = ()) -> Files:
+    """``Files`` from the lab's own paths (a rendered tree, the VM's files): Apache's
+    sites-enabled read as the production /etc/httpd/extra/; everything else as is."""
+    def relabel(path: str) -> str:
+        for lab, prod in LAB_TO_PRODUCTION.items():
+            if path.startswith(lab):
+                return prod + path[len(lab):]
+        return path
+    return Files({relabel(p): t for p, t in texts.items()}, {relabel(p) for p in unreadable},
+                 compose_dir=compose_dir)
 
 
 def detect(files: Files) -> list[Finding]:

@@ -59,6 +59,24 @@ MARKER = "# ente-lab pitfall"
 MARKED = re.compile(r"# ente-lab pitfall ([a-z_]+) \(lab\.explain \1\)")
 # at most one of these may be on (each renders the article's set lines)
 CORS_SWITCHES = ("cors_article_headers", "cors_printed_fix", "cors_working_fix")
+# the other switches that change docker-compose.yml (refused beside compose_missing_quote,
+# which makes docker-compose refuse the whole file)
+COMPOSE_SWITCHES = ("dashed_env_names", "healthcheck_echo")
+# The article's literal lines the switches render (tests compare the templates with these)
+DASHED_ENV_LINES = (
+    "ENTE_INTERNAL_HARDCODED-OTT_EMAILS: ${ENTE_HARDCODED_OTT_EMAIL}",
+    "ENTE_S3_B2-EU-CEN_KEY: ${ENTE_MINIO_KEY}",
+    "ENTE_S3_B2-EU-CEN_SECRET: ${ENTE_MINIO_SECRET}",
+    "ENTE_S3_WASABI-EU-CENTRAL-2-V3_KEY: ${ENTE_MINIO_KEY}",
+    "ENTE_S3_WASABI-EU-CENTRAL-2-V3_SECRET: ${ENTE_MINIO_SECRET}",
+    "ENTE_S3_SCW-EU-FR-V3_KEY: ${ENTE_MINIO_KEY}",
+    "ENTE_S3_SCW-EU-FR-V3_SECRET: ${ENTE_MINIO_SECRET}",
+)
+HEALTHCHECK_ECHO_LINE = 'test: [ "CMD", "echo", "1" ]'
+MISSING_QUOTE_LINE = 'entrypoint: ["sh", "/provision.sh", "${ENTE_MINIO_KEY}", ${ENTE_MINIO_SECRET}"]'
+TLS_MAIN_CF_LINES = ("smtpd_tls_security_level = encrypt", "smtpd_sasl_auth_enable = yes",
+                     "syslog_name = postfix/submission")
+WELLKNOWN_LINE = 'ProxyPass "/.well-known/" "!"'
 
 
 def _p(**kw) -> Pitfall:
@@ -127,7 +145,7 @@ _ALL = (
        cause="Museum maps `ENTE_` + the museum.yaml key with `.` and `-` turned into `_`; "
              "a name with a dash never matches and is silently ignored.",
        fix="Use underscores: ENTE_INTERNAL_HARDCODED_OTT_EMAILS.",
-       deviation=5, switch=False),
+       deviation=5, switch=True),
     _p(name="missing_sudoers",
        title="The sudoers line the hook needs is missing",
        section="Configuring Postfix",
@@ -139,7 +157,7 @@ _ALL = (
              "the hook's sudo calls fail.",
        fix="A sudoers rule for every command the hook runs with sudo (postfix reload and "
            "check, apachectl -k graceful).",
-       deviation=21, switch=False),
+       deviation=21, switch=True),
     _p(name="wellknown_in_location",
        title='Vhost-level ProxyPass "/.well-known/" "!" with the proxy under <Location />',
        section="Apache reverse proxy configuration",
@@ -150,7 +168,7 @@ _ALL = (
              "<Location />: the challenge request is proxied too.",
        fix='<Location "/.well-known/acme-challenge/"> ProxyPass ! </Location> after '
            "<Location />, with an Alias to dehydrated's WELLKNOWN directory.",
-       deviation=1, switch=False),
+       deviation=1, switch=True),
     _p(name="tls_encrypt_main_cf",
        title="smtpd_tls_security_level = encrypt in main.cf",
        section="Configuring Postfix",
@@ -160,7 +178,7 @@ _ALL = (
        cause="main.cf settings apply to every smtpd, port 25 included.",
        fix="Put smtpd_tls_security_level=encrypt, smtpd_sasl_auth_enable=yes and "
            "syslog_name=postfix/submission as -o options on the submission line in master.cf.",
-       deviation=17, switch=False),
+       deviation=17, switch=True),
     _p(name="sasl_wrong_dir",
        title="SASL config read from the wrong directory",
        section="Configuring SASL",
@@ -171,7 +189,7 @@ _ALL = (
              "/etc/sasl2/; without it every mechanism is offered and saslauthd is not used.",
        fix="Link /etc/postfix/sasl/smtpd.conf to /etc/sasl2/smtpd.conf and put postfix "
            "in group sasl.",
-       deviation=20, switch=False),
+       deviation=20, switch=True),
     _p(name="healthcheck_echo",
        title="Museum's healthcheck echo 1",
        section="docker-compose.yml",
@@ -180,7 +198,7 @@ _ALL = (
        cause="`echo 1` is always healthy, so `depends_on: condition: service_healthy` "
              "waits for nothing.",
        fix="A healthcheck that asks Museum: wget/curl http://127.0.0.1:8080/ping.",
-       deviation=8, switch=False),
+       deviation=8, switch=True),
     _p(name="compose_missing_quote",
        title="The compose line with the missing quote",
        section="docker-compose.yml",
@@ -189,7 +207,7 @@ _ALL = (
        symptom="docker-compose refuses the file (a YAML parse error) and nothing starts.",
        cause="The opening quote of the last argument is missing: not valid YAML as printed.",
        fix='Quote it: "${ENTE_MINIO_SECRET}".',
-       deviation=6, switch=False),
+       deviation=6, switch=True),
 )
 
 PITFALLS: dict[str, Pitfall] = {p.name: p for p in _ALL}

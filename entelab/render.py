@@ -134,7 +134,8 @@ class Entry:
     validate: str = "none"    # how converge checks a staged copy
     section: str = ""         # the article section it implements
     sha256: str = ""
-    kind: str = "file"        # file, link, dir or datadir (a dir its container owns)
+    kind: str = "file"        # file, link, dir, datadir (a dir its container owns) or
+                              # absent (a file or link that must not exist: converge removes it)
     target: str = ""          # for links
 
 
@@ -191,9 +192,28 @@ def _services() -> list[tuple[str, dict]]:
     return out
 
 
+# A pitfall switch that renders a file its format check would refuse: (switch, format)
+# -> what render says instead of refusing (the lab's own validation lets it through
+# only while the switch is on; converge's real validator still refuses it in the VM).
+ALLOWED_BROKEN = {("compose_missing_quote", "compose"):
+                  "pitfall compose_missing_quote is on: {src} is not valid YAML (the article's "
+                  "missing quote); rendered anyway, docker-compose will refuse it "
+                  "(./labctl lab.explain compose_missing_quote)"}
+
+
+def allowed_broken(settings: Settings, fmt: str, problems: list[str]) -> list[str]:
+    """What to say instead of ``problems`` (a file that does not parse) when a switched-on
+    pitfall renders it so on purpose; [] when the problems stand."""
+    if not problems or not all("does not parse" in p for p in problems):
+        return []
+    return [why for (name, f), why in ALLOWED_BROKEN.items()
+            if f == fmt and getattr(settings.pitfalls, name)]
+
+
 def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
-                lab_id: str = "") -> list[tuple[Entry, bytes]]:
-    """Render every file in memory. Raises TemplateError on any template problem."""
+                lab_id: str = "", notes: list[str] | None = None) -> list[tuple[Entry, bytes]]:
+    """Render every file in memory. Raises TemplateError on any template problem.
+    ``notes`` receives what a switched-on pitfall let through (ALLOWED_BROKEN)."""
     env = _env()
     ctx = context(settings, secrets, lab_id)
     rendered: list[tuple[Entry, bytes]] = []
@@ -223,7 +243,13 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
             data = text.encode()
             entry.sha256 = hashlib.sha256(data).hexdigest()
             problems += _entry_problems(entry, text, _uses_secrets(env, src), seen)
-            problems += _format_problems(entry, fmt, text)
+            found = _format_problems(entry, fmt, text)
+            allowed = allowed_broken(settings, fmt, found)
+            if allowed:
+                if notes is not None:
+                    notes += [why.format(src=entry.path) for why in allowed]
+            else:
+                problems += found
             rendered.append((entry, data))
         for d in spec.get("dirs", []):
             dest = env.from_string(d["dest"]).render(**ctx)
@@ -244,6 +270,17 @@ def render_tree(settings: Settings, secrets: secrets_mod.Secrets,
                           src="", reload=link.get("reload", "none"), kind="link", target=target,
                           section=section)
             entry.sha256 = hashlib.sha256(f"link:{target}".encode()).hexdigest()
+            rendered.append((entry, b""))
+        for gone in spec.get("absent", []):
+            when = gone.get("when")
+            if when and not env.compile_expression(when)(**ctx):
+                continue
+            dest = env.from_string(gone["dest"]).render(**ctx)
+            entry = Entry(path=dest, mode="0000", owner="root", group="root", service=service,
+                          src="", reload=gone.get("reload", "none"), kind="absent",
+                          section=gone.get("section", section))
+            entry.sha256 = hashlib.sha256(b"absent").hexdigest()
+            problems += _entry_problems(entry, "", False, seen)
             rendered.append((entry, b""))
     if problems:
         raise TemplateError(problems)
@@ -349,8 +386,10 @@ def render_lab(paths: LabPaths, settings: Settings, rotate: bool = False,
     both before anything is written (the secrets file's mode included).
     """
     secrets, generated = secrets_mod.load_or_create(paths.secrets, rotate=rotate, dry_run=True)
-    rendered = render_tree(settings, secrets, paths.lab_id)     # raises before any write
-    result = RenderResult(entries=[e for e, _ in rendered], secrets_generated=generated)
+    notes: list[str] = []
+    rendered = render_tree(settings, secrets, paths.lab_id, notes)   # raises before any write
+    result = RenderResult(entries=[e for e, _ in rendered], secrets_generated=generated,
+                          warnings=notes)
     if generated:
         secrets_mod.write(paths.secrets, secrets)
     else:
@@ -361,6 +400,8 @@ def render_lab(paths: LabPaths, settings: Settings, rotate: bool = False,
     wanted = set()
     for entry, data in rendered:
         target = root / entry.path.lstrip("/")
+        if entry.kind == "absent":          # not in the tree: removed below when there
+            continue
         wanted.add(target)
         if entry.kind in ("dir", "datadir"):
             if not target.is_dir():

@@ -247,6 +247,13 @@ class Pitfalls(_Section):
     cors_printed_fix: bool = False
     cors_working_fix: bool = False
     mail_cert_mismatch: bool = False
+    dashed_env_names: bool = False
+    missing_sudoers: bool = False
+    wellknown_in_location: bool = False
+    tls_encrypt_main_cf: bool = False
+    sasl_wrong_dir: bool = False
+    healthcheck_echo: bool = False
+    compose_missing_quote: bool = False
 
     @property
     def on(self) -> list[str]:
@@ -588,6 +595,25 @@ def cross_checks(s: Settings) -> tuple[list[str], list[str]]:
             errors.append(f"pitfalls.mail_cert_mismatch: web_host = {g.show(s.web_host)} is the "
                           "domain: its certificate would be the lab's one (which names the mail "
                           "host); give web_host its own name")
+    p = s.pitfalls
+    for name in ("tls_encrypt_main_cf", "sasl_wrong_dir"):
+        if getattr(p, name) and s.mta != "postfix":
+            errors.append(f"pitfalls.{name}: needs mta: postfix (mta is {s.mta}; the sendmail "
+                          "templates have no pitfall switches)")
+    if p.compose_missing_quote:
+        others = [f"pitfalls.{n}" for n in pitfalls_mod.COMPOSE_SWITCHES if getattr(p, n)]
+        if others:
+            errors.append(f"pitfalls.compose_missing_quote, {', '.join(others)}: docker-compose "
+                          "refuses the whole file with the missing quote, so the other "
+                          "docker-compose.yml pitfall never shows; switch one at a time")
+    if p.wellknown_in_location and p.mail_cert_mismatch:
+        errors.append("pitfalls.wellknown_in_location, pitfalls.mail_cert_mismatch: the mail "
+                      "certificate pitfall needs a certificate issued, which the well-known "
+                      "pitfall makes fail; switch one at a time")
+    if p.dashed_env_names and not s.ott:
+        warnings.append("pitfalls.dashed_env_names is on but ott is empty: the dashed name "
+                        "carries no code, so nothing shows (set ott, e.g. "
+                        "--set 'ott=[\"me@home.lan,123456\"]')")
     return errors, warnings
 
 

@@ -70,6 +70,7 @@ class Action(StrEnum):
     LINK = "link"                  # symlink
     MKDIR = "mkdir"                # directory (with its parents)
     ATTRS = "attrs"                # content right, mode/owner drifted
+    REMOVE = "remove"              # a file or link that must not exist (never a directory)
 
 
 class Validator(StrEnum):

@@ -57,6 +57,9 @@ def render_into(root: Path, settings, secrets) -> Tree:
     entries = {}
     for entry, data in render.render_tree(settings, secrets, lab_id="entelab-test"):
         target = root / entry.path.lstrip("/")
+        entries[entry.path] = entry
+        if entry.kind == "absent":
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if entry.kind == "link":
             target.symlink_to(entry.target)

@@ -31,6 +31,14 @@ from entelab.settings import Pitfalls
 API = "/etc/apache2/sites-enabled/ente-api.conf"
 MAIN_CF = "/etc/postfix/main.cf"
 DOMAINS = "/etc/dehydrated/domains.txt"
+WEB = "/etc/apache2/sites-enabled/ente-web.conf"
+HTTP = "/etc/apache2/sites-enabled/ente-http.conf"
+COMPOSE = "/usr/local/docker-ente/docker-compose.yml"
+MUSEUM = "/usr/local/docker-ente/museum.yaml"
+APACHE_SUDO = "/etc/sudoers.d/apache_reload"
+POSTFIX_SUDO = "/etc/sudoers.d/postfix_reload"
+SASL2 = "/etc/sasl2/smtpd.conf"
+SASL_LINK = "/etc/postfix/sasl/smtpd.conf"
 REPO = Path(__file__).resolve().parents[2]
 
 SET = list(pitfalls.CORS_SET_LINES)
@@ -47,6 +55,19 @@ CASES = {
                   "smtpd_tls_key_file = /etc/dehydrated/certs/enteauth.darkstar.lan/privkey.pem"],
         DOMAINS: ["enteauth.darkstar.lan"],
     },
+    "dashed_env_names": {COMPOSE: list(pitfalls.DASHED_ENV_LINES), MUSEUM: ["emails: []"]},
+    "missing_sudoers": {APACHE_SUDO: ["# (no rule for /usr/sbin/apachectl -k graceful)"],
+                        POSTFIX_SUDO: ["# (no rule for /usr/sbin/postfix check)"]},
+    "wellknown_in_location": {
+        API: [pitfalls.WELLKNOWN_LINE], WEB: [pitfalls.WELLKNOWN_LINE],
+        HTTP: [pitfalls.WELLKNOWN_LINE, "<Location />", 'ProxyPass "http://127.0.0.1:8180/"',
+               'ProxyPassReverse "http://127.0.0.1:8180/"', "</Location>",
+               pitfalls.WELLKNOWN_LINE, "<Location />", 'ProxyPass "http://127.0.0.1:3322/"',
+               'ProxyPassReverse "http://127.0.0.1:3322/"', "</Location>"]},
+    "tls_encrypt_main_cf": {MAIN_CF: list(pitfalls.TLS_MAIN_CF_LINES)},
+    "sasl_wrong_dir": {SASL2: ["# (no link /etc/postfix/sasl/smtpd.conf -> /etc/sasl2/smtpd.conf)"]},
+    "healthcheck_echo": {COMPOSE: [pitfalls.HEALTHCHECK_ECHO_LINE]},
+    "compose_missing_quote": {COMPOSE: [pitfalls.MISSING_QUOTE_LINE]},
 }
 
 
@@ -264,9 +285,18 @@ def test_live_apache_cors_headers(name, lab_secrets, lab_certs):
     (["pitfalls.cors_headers=true"],
      "pitfalls.cors_headers: unknown setting; did you mean 'pitfalls.cors_article_headers'?"),
     (["pitfalls.nope=true"], "pitfalls.nope: unknown setting (known here: cors_article_headers, "
-                             "cors_printed_fix, cors_working_fix, mail_cert_mismatch)"),
-    (["pitfalls.healthcheck_echo=true"],
-     "pitfalls.healthcheck_echo: a pitfall without a switch yet (./labctl lab.explain healthcheck_echo)"),
+                             "cors_printed_fix, cors_working_fix, mail_cert_mismatch, dashed_env_names, "
+                             "missing_sudoers, wellknown_in_location, tls_encrypt_main_cf, "
+                             "sasl_wrong_dir, healthcheck_echo, compose_missing_quote)"),
+    (["pitfalls.compose_missing_quote=true", "pitfalls.healthcheck_echo=true"],
+     "pitfalls.compose_missing_quote, pitfalls.healthcheck_echo: docker-compose refuses the whole file"),
+    (["pitfalls.compose_missing_quote=true", "pitfalls.dashed_env_names=true"],
+     "pitfalls.compose_missing_quote, pitfalls.dashed_env_names: docker-compose refuses"),
+    (["pitfalls.wellknown_in_location=true", "pitfalls.mail_cert_mismatch=true"],
+     "pitfalls.wellknown_in_location, pitfalls.mail_cert_mismatch: the mail certificate pitfall"),
+    (["pitfalls.tls_encrypt_main_cf=true", "mta=sendmail"],
+     "pitfalls.tls_encrypt_main_cf: needs mta: postfix"),
+    (["pitfalls.sasl_wrong_dir=true", "mta=sendmail"], "pitfalls.sasl_wrong_dir: needs mta: postfix"),
     (["pitfalls.mail_cert_mismatch=on please"], "pitfalls.mail_cert_mismatch = 'on please': wrong type"),
     (["pitfalls.cors_printed_fix=1"], "pitfalls.cors_printed_fix = 1: wrong type"),
     (["pitfalls=[cors_printed_fix]"], "pitfalls = ['cors_printed_fix']: wrong type"),
@@ -348,7 +378,7 @@ def test_explain_and_pitfalls_tasks_through_invoke(tmp_path):
             for ln in table.stdout.splitlines() if ln.count("│") >= 4}
     assert rows["mail_cert_mismatch"] == ["Configuring Postfix", "on"]
     assert rows["cors_article_headers"] == ["CORS", "off"]
-    assert rows["healthcheck_echo"] == ["docker-compose.yml", "none"]
+    assert rows["healthcheck_echo"] == ["docker-compose.yml", "off"]
 
 
 def test_marked_finds_markers_in_any_text():
