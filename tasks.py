@@ -44,10 +44,12 @@ def box(c, force=False):
     body.run(body.build_box, force=force)
 
 
-@task(iterable=["set"], help={**SET_HELP})
-def up(c, set=None):
+@task(iterable=["set"], help={**SET_HELP, "workshop": "Stop before the converge: the article's "
+                                                        "assumptions only, certificates, then the "
+                                                        "workshop-base snapshot (docs/workshop.md)"})
+def up(c, set=None, workshop=False):
     """Bring the lab up: prepare -> render -> box -> vagrant up -> converge -> certs -> stack -> smoke."""
-    body.run(body.up, overrides=set or [])
+    body.run(body.up, overrides=set or [], workshop=workshop)
 
 
 @task
@@ -195,6 +197,40 @@ def upgrade_(c, set=None, file="", plan=False, naive=False, keep_on_failure=Fals
              keep_on_failure=keep_on_failure)
 
 
+# ---------------------------------------------------------------- workshop (issue 17)
+STEP_HELP = {"step": "A workshop step (./labctl lab.workshop.steps lists them, in the article's order)"}
+
+
+@task(name="start", positional=["step"], help=STEP_HELP)
+def workshop_start(c, step):
+    """Every step before STEP done, STEP onward left to type (from the workshop-base snapshot)."""
+    body.run(body.workshop_start, step=step)
+
+
+@task(name="check")
+def workshop_check(c):
+    """Each step: done / not done / wrong / works with a pitfall, the symptom, the section to reread."""
+    body.run(body.workshop_check)
+
+
+@task(name="solve", positional=["step"], help=STEP_HELP)
+def workshop_solve(c, step):
+    """Converge STEP alone: its files as the lab renders them (a stuck attendee catches up)."""
+    body.run(body.workshop_solve, step=step)
+
+
+@task(name="reset", positional=["step"], help=STEP_HELP)
+def workshop_reset(c, step):
+    """Back to the start of STEP (as lab.workshop.start STEP)."""
+    body.run(body.workshop_reset, step=step)
+
+
+@task(name="steps")
+def workshop_steps(c):
+    """The steps in the article's order: name, article section, what the attendee types."""
+    body.run(body.workshop_steps)
+
+
 # ---------------------------------------------------------------- tests
 @task(help={"k": "Only tests matching this pytest -k expression"})
 def host_tests(c, k=""):
@@ -270,3 +306,5 @@ ns.collections["lab"].add_task(resume_)
 for _t in (mail, ott, users, admin_, cli_account_add, cli_unlimited, explain, pitfalls_, diff, import_,
            verify_, upgrade_):
     ns.collections["lab"].add_task(_t)
+ns.collections["lab"].add_collection(Collection("workshop", workshop_start, workshop_check,
+                                                 workshop_solve, workshop_reset, workshop_steps))

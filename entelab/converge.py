@@ -117,14 +117,22 @@ class ConvergeResult:
 
 
 def converge_with(guest: Guest, paths: LabPaths) -> ConvergeResult:
+    return converge_entries(guest, load_manifest(paths), paths.rendered, paths.build)
+
+
+def converge_entries(guest: Guest, entries: list[Entry], rendered: Path, build: Path,
+                     force: frozenset[str] = frozenset()) -> ConvergeResult:
+    """Converge ``entries`` (the manifest, or a subset: lab.workshop) from the tree
+    ``rendered``; ``force``: paths written (and reloaded) even when they match."""
     start = time.monotonic()
     trips = guest.round_trips
-    entries = load_manifest(paths)
-    ops = plan(entries, remote_facts(guest, entries))
+    facts = remote_facts(guest, entries)
+    ops = plan(entries, {p: f for p, f in facts.items() if p not in force})
     result = ConvergeResult(ops=ops)
     if ops:
-        local = paths.build / "bundle.tar.gz"
-        local.write_bytes(bundle(ops, paths.rendered))
+        build.mkdir(parents=True, exist_ok=True)
+        local = build / "bundle.tar.gz"
+        local.write_bytes(bundle(ops, rendered))
         local.chmod(0o600)
         guest.put(str(local), f"{REMOTE_BUNDLE}.tar.gz")
         res = guest.run(f"rm -rf {REMOTE_BUNDLE} && mkdir -m 700 {REMOTE_BUNDLE} && "

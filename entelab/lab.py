@@ -31,7 +31,9 @@ def guest(paths: LabPaths) -> Guest:
     return Guest.reach(paths, secrets=known)
 
 
-def up(paths: LabPaths, settings: Settings) -> None:
+def up(paths: LabPaths, settings: Settings, workshop: bool = False) -> None:
+    """``workshop``: stop before the lab's converge and take the workshop-base snapshot
+    instead (workshop_lab.make_base; docs/workshop.md)."""
     ensure_dirs(paths)
     host.prepare(paths)
     with stage("render"):
@@ -52,6 +54,10 @@ def up(paths: LabPaths, settings: Settings) -> None:
         with stage("render (the resolved payload)"):
             render_lab(paths, settings)
     payload.deliver(g, settings)
+    if workshop:
+        from . import workshop_lab
+        workshop_lab.make_base(g, paths, settings)
+        return
     converge.converge(g, paths)
     certs.issue(g, paths)
     health.smoke(g, settings)

@@ -98,9 +98,9 @@ def build_box(force: bool = False) -> None:
     box.build(_paths(), force=force)
 
 
-def up(overrides: Sequence[str]) -> None:
+def up(overrides: Sequence[str], workshop: bool = False) -> None:
     from . import lab
-    lab.up(_paths(), load(overrides))
+    lab.up(_paths(), load(overrides), workshop=workshop)
 
 
 def down() -> None:
@@ -290,3 +290,40 @@ def upgrade(sets: Sequence[str], file: str = "", plan: bool = False, naive: bool
     from . import upgrade_lab
     upgrade_lab.run(_paths(), list(sets), file=file, plan_only=plan, naive=naive,
                     keep_on_failure=keep_on_failure)
+
+
+# ------------------------------------------------------------ workshop (issue 17)
+def workshop_start(step: str) -> None:
+    from . import lab, workshop, workshop_lab
+    workshop.get(step)                      # bad input: refused before anything
+    paths = _paths()
+    workshop_lab.start(paths, load(), step, lambda: lab.guest(paths))
+
+
+def workshop_reset(step: str) -> None:
+    workshop_start(step)
+
+
+def workshop_check() -> None:
+    from . import lab, workshop_lab
+    paths = _paths()
+    workshop_lab.check(paths, load(), lab.guest(paths))
+
+
+def workshop_solve(step: str) -> None:
+    from . import lab, workshop, workshop_lab
+    workshop.get(step)
+    paths = _paths()
+    workshop_lab.solve(paths, load(), step, lab.guest(paths))
+
+
+def workshop_steps() -> None:
+    from rich.table import Table
+
+    from . import workshop
+    table = Table(title="the workshop's steps, in the article's order")
+    for col in ("#", "step", "article section", "what the attendee types"):
+        table.add_column(col)
+    for i, s in enumerate(workshop.STEPS, 1):
+        table.add_row(str(i), s.name, s.section, escape(s.types))
+    console.print(table)
