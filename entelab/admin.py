@@ -20,10 +20,8 @@ Parsing is separate from the guest (facts in, values out): tests/host/test_admin
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +34,7 @@ from . import grammar, mailbox, stack, vocab
 from .errors import BadInput, SettingsError, StageFailed
 from .guest import Guest
 from .progress import console, info
-from .settings import Settings, load_settings, local_settings_path, read_yaml
+from .settings import Settings, rewrite_local
 from .state import LabPaths
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -242,26 +240,10 @@ def with_admin(text: str, uid: int) -> tuple[str, list[int], list[int]]:
 def write_admin(root: Path, uid: int) -> tuple[Path, list[int], list[int]]:
     """Add ``uid`` to ``admins`` in the user's settings file, validated first
     (all settings, as a task would load them), written atomically (mode kept)."""
-    path = local_settings_path(root)
-    text = ""
-    if path.exists():
-        read_yaml(path)                        # refuses a bad file before any change
-        text = path.read_text()
-    new, before, after = with_admin(text, uid)
-    target = path.resolve() if path.is_symlink() else path
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".settings-", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(new)
-        load_settings(root, local_file=Path(tmp))       # SettingsError: nothing replaced
-        if target.exists():
-            os.chmod(tmp, target.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    def edit(text: str) -> tuple[str, tuple[list[int], list[int]]]:
+        new, before, after = with_admin(text, uid)
+        return new, (before, after)
+    path, (before, after) = rewrite_local(root, edit)
     return path, before, after
 
 

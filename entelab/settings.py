@@ -22,6 +22,7 @@ import ipaddress
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -681,6 +682,34 @@ def local_settings_path(root: Path) -> Path:
         raise SettingsError([f"{ENV_SETTINGS_FILE}={g.show(env)}: no such file; "
                              "unset it or point it at a settings YAML file"])
     return path
+
+
+def rewrite_local(root: Path, edit: Callable[[str], tuple[str, Any]],
+                  local_file: Path | None = None) -> tuple[Path, Any]:
+    """Change the user's settings file (``local_file`` or ``local_settings_path``):
+    ``edit`` maps its text (empty when there is none) to (new text, a result).
+    The file is validated first, the new text too (as a task would load it; a
+    SettingsError replaces nothing), then written atomically, its mode kept (0644 new).
+    Returns (path, edit's result)."""
+    import tempfile
+    path = local_file if local_file is not None else local_settings_path(root)
+    text = ""
+    if path.exists():
+        read_yaml(path)                        # refuses a bad file before any change
+        text = path.read_text()
+    new, result = edit(text)
+    target = path.resolve() if path.is_symlink() else path
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".settings-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(new)
+        load_settings(root, local_file=Path(tmp))
+        os.chmod(tmp, (target.stat().st_mode & 0o777) if target.exists() else 0o644)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path, result
 
 
 def load_settings(root: Path, overrides: list[str] | tuple[str, ...] = (),

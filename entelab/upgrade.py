@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shlex
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -48,11 +47,10 @@ from .settings import (
     Settings,
     _merge,
     _yaml_file,
-    load_settings,
     load_yaml_text,
     local_settings_path,
     parse_override,
-    read_yaml,
+    rewrite_local,
     validate,
 )
 from .verify import Check
@@ -386,24 +384,7 @@ def write_settings(root: Path, changes: dict, local_file: Path | None = None) ->
     """Merge the change set into the lab's settings file (settings.local.yaml or
     $ENTE_LAB_SETTINGS): validated as a task would load it, written atomically, mode kept
     (0644 for a new file). Returns (path, comments_kept)."""
-    path = local_file if local_file is not None else local_settings_path(root)
-    text = ""
-    if path.exists():
-        read_yaml(path)
-        text = path.read_text()
-    new, kept = with_changes(text, changes)
-    target = path.resolve() if path.is_symlink() else path
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".settings-", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(new)
-        load_settings(root, local_file=Path(tmp))        # SettingsError: nothing replaced
-        os.chmod(tmp, (target.stat().st_mode & 0o777) if target.exists() else 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path, kept
+    return rewrite_local(root, lambda text: with_changes(text, changes), local_file)
 
 
 # ------------------------------------------------------------------ dumps
