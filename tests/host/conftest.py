@@ -9,8 +9,14 @@ trustme CA plus one leaf for every lab name, laid out like dehydrated's
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import shutil
+import socket
+import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +139,36 @@ def empty_checkout(tmp_path, monkeypatch):
     root = tmp_path / "checkout"
     root.mkdir()
     return root
+
+
+@contextlib.contextmanager
+def running_apache(conf: Path, port: int, backend: type, backend_port: int, cleanup=()):
+    """A real apache2 (``-f conf -DFOREGROUND``) in front of a Python HTTP backend on
+    127.0.0.1:``backend_port`` (handler class ``backend``), until ``port`` answers;
+    stopped, and the ``cleanup`` dirs removed, afterwards."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", backend_port), backend)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    proc = subprocess.Popen([need("apache2"), "-f", str(conf), "-DFOREGROUND"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    log = conf.parent / "error.log"
+                    pytest.fail("apache2 exited: " + (proc.stdout.read() if proc.stdout else "")
+                                + (log.read_text() if log.exists() else ""))
+                time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        httpd.shutdown()
+        for d in cleanup:
+            shutil.rmtree(d, ignore_errors=True)

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
-import socket
 import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import conftest
 import pytest
-from conftest import load, need, render_into
+from conftest import load, need, render_into, running_apache
 
 from entelab import agent, converge, detect, pitfalls, render
 from entelab.errors import TemplateError
@@ -103,20 +99,8 @@ def test_live_apache_challenge_on_port_80(on, lab_secrets, lab_certs):
     os.chmod(acme / "tok3n", 0o644)
     conf = server_root(base / "srv", tree, lab_certs.certdir, acme, ports=(http_port, https_port))
     os.chmod(base / "srv", 0o755)
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", backend_port), Backend)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     Backend.seen = []
-    proc = subprocess.Popen([need("apache2"), "-f", str(conf), "-DFOREGROUND"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", http_port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "apache2 exited: " + (proc.stdout.read() if proc.stdout else "")
-                time.sleep(0.1)
+    with running_apache(conf, http_port, Backend, backend_port, [base]):
         host = tree.settings.api_host
         res = curl("-H", f"Host: {host}", f"http://127.0.0.1:{http_port}/.well-known/acme-challenge/tok3n")
         assert res.returncode == 0, res.stderr
@@ -125,14 +109,6 @@ def test_live_apache_challenge_on_port_80(on, lab_secrets, lab_certs):
             assert " 404" in status and Backend.seen == ["/.well-known/acme-challenge/tok3n"], res.stdout
         else:
             assert " 200" in status and res.stdout.endswith("tok3n.thumbprint") and Backend.seen == []
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        httpd.shutdown()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ Postfix / SASL

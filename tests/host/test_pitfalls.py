@@ -12,17 +12,13 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import load, need, render_into
+from conftest import load, need, render_into, running_apache
 
 from entelab import pitfalls, render, task_bodies
 from entelab.errors import BadInput, SettingsError
@@ -239,19 +235,7 @@ def test_live_apache_cors_headers(name, lab_secrets, lab_certs):
     os.chmod(base, 0o755)
     conf = server_root(base / "srv", tree, lab_certs.certdir, base / "acme",
                        ports=(http_port, https_port))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", backend_port), Museumish)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    proc = subprocess.Popen([need("apache2"), "-f", str(conf), "-DFOREGROUND"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", https_port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None, "apache2 exited: " + (proc.stdout.read() if proc.stdout else "")
-                time.sleep(0.1)
+    with running_apache(conf, https_port, Museumish, backend_port, [base, tree.root]):
         host = tree.settings.api_host
         res = curl("--cacert", str(lab_certs.ca_pem), "--resolve", f"{host}:{https_port}:127.0.0.1",
                    "-H", "Origin: https://web.example", f"https://{host}:{https_port}/users/ott")
@@ -262,15 +246,6 @@ def test_live_apache_cors_headers(name, lab_secrets, lab_certs):
         allow_headers = [v.strip() for k, v in headers if k.lower() == "access-control-allow-headers"]
         assert allow_headers == (["Authorization"] if name in ("cors_article_headers",
                                                                "cors_printed_fix") else [])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        httpd.shutdown()
-        shutil.rmtree(base, ignore_errors=True)
-        shutil.rmtree(tree.root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ settings refused

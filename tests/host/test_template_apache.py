@@ -9,16 +9,13 @@ import http.server
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import load, need, render_into
+from conftest import load, need, render_into, running_apache
 
 MODULES = ["mpm_event", "authz_core", "alias", "mime", "dir", "proxy", "proxy_http",
            "proxy_wstunnel", "ssl", "socache_shmcb", "headers", "http2", "remoteip"]
@@ -161,32 +158,9 @@ def live_apache(lab_secrets, lab_certs):
     conf = server_root(base / "srv", tree, lab_certs.certdir, acme, ports=(http_port, https_port))
     os.chmod(base / "srv", 0o755)
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", backend_port), Backend)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     Backend.seen = []
-    proc = subprocess.Popen([need("apache2"), "-f", str(conf), "-DFOREGROUND"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", https_port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail("apache2 exited: " + proc.stdout.read() +
-                                (base / "srv" / "error.log").read_text())
-                time.sleep(0.1)
+    with running_apache(conf, https_port, Backend, backend_port, [base, tree.root]):
         yield tree.settings, http_port, https_port, lab_certs.ca_pem
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        httpd.shutdown()
-        shutil.rmtree(base, ignore_errors=True)
-        shutil.rmtree(tree.root, ignore_errors=True)
 
 
 def test_live_challenge_local_and_rest_proxied(live_apache):
