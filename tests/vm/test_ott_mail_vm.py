@@ -76,19 +76,6 @@ def test_a_code_is_delivered_after_a_renewal(guest, paths, settings):
     code_of(ask_code(guest, settings, fresh(settings)))
 
 
-def test_a_new_root_restarts_museum_and_mail_still_verifies(guest, paths, settings, pristine):
-    """pebble restarted: a new root; rc.pebble hands it to the containers and restarts
-    Museum (it loads its roots once, like Go); after the re-issue mail verifies again."""
-    before = guest.run("docker inspect -f '{{.State.StartedAt}}' ente-museum").stdout
-    try:
-        guest.run("/etc/rc.d/rc.pebble restart")
-        assert guest.run("docker inspect -f '{{.State.StartedAt}}' ente-museum").stdout != before
-        certs.issue_with(guest, paths)
-        code_of(ask_code(guest, settings, fresh(settings)))
-    finally:
-        pristine.restore()
-
-
 def test_lab_admin_promotes_and_it_survives_restart_and_converge(guest, paths, settings, monkeypatch, tmp_path):
     from entelab import converge, stack
     email = fresh(settings)

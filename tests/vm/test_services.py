@@ -155,9 +155,14 @@ def test_daemon_runs_outside_distribution_units(guest, svc):
 
 
 # ---------------------------------------------------------------- every rc script's lifecycle
+def museum_start_time(guest) -> str:
+    return sudo(guest, "docker inspect -f '{{.State.StartedAt}}' ente-museum").stdout.strip()
+
+
 @pytest.mark.parametrize("svc", SERVICES)
 def test_rc_script_lifecycle(guest, svc, pristine):
     containers = running_containers(guest) if svc == "docker" else []
+    museum_started = museum_start_time(guest) if svc == "pebble" else ""
     pid0 = status_pid(guest, svc)
     if pid0 is None:  # not running (an earlier failure): start it first
         res = rc(guest, svc, "start")
@@ -192,6 +197,12 @@ def test_rc_script_lifecycle(guest, svc, pristine):
         pid1 = status_pid(guest, svc)
         assert pid1 and pid1 != pid0
         assert is_up(guest, svc)
+        if svc == "pebble":
+            # a new root: rc.pebble handed it to the containers and restarted Museum
+            # (rc.ente trust), which loads its roots once per process, like Go
+            assert museum_start_time(guest) != museum_started
+            assert sudo(guest, "docker exec ente-museum cat /etc/ente-lab/ca/acme-root.pem").stdout \
+                == sudo(guest, "cat /etc/ente-lab/acme-root.pem").stdout
 
         # restart: a new daemon that answers (httpd keeps its parent on -k restart)
         res = rc(guest, svc, "restart")
