@@ -71,8 +71,8 @@ def test_a_postfix_change_passes_is_kept_and_written_to_settings(guest, paths, s
     assert data["ok"] and data["outcome"] == "kept"
     assert [c["name"] for c in data["checks"]] == [*verify.CHECKS, "data"]
     assert all(c["ok"] for c in data["checks"])
-    assert [s["name"] for s in data["steps"]][:6] == ["snapshot", "dump", "apply", "verify", "data check",
-                                                       "keep"]
+    assert [s["name"] for s in data["steps"]][:7] == ["prepare", "snapshot", "dump", "apply", "verify",
+                                                       "data check", "keep"]
     assert data["plan"]["files"] == ["/etc/postfix/main.cf"] and data["plan"]["pg_mode"] == "none"
     assert guest.run("postconf -h message_size_limit").stdout.strip() == "20480000"
     # kept: in the settings file (other lines kept), so the next lab.up renders it again
