@@ -157,20 +157,22 @@ def smoke(guest: Guest, settings: Settings) -> None:
 
 
 def _proxied(guest: Guest, host: str, path: str, want: str, timeout: float = 60) -> str:
-    """One proxy-path check, retried while Apache answers 502/503 (the backend's first
-    seconds after a start); the last answer is what the table shows."""
+    """One proxy-path check, retried only while Apache answers 502/503/504 (the backend's
+    first seconds after a start); any other answer is final. The last answer is what the
+    table shows."""
     from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
-    @retry(retry=retry_if_result(lambda r: not r[0]), stop=stop_after_delay(timeout), wait=wait_fixed(3),
-           retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else (False, "?"))
-    def attempt() -> tuple[bool, str]:
+    @retry(retry=retry_if_result(lambda r: r[0] == "retry"), stop=stop_after_delay(timeout),
+           wait=wait_fixed(3),
+           retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else ("", "?"))
+    def attempt() -> tuple[str, str]:
         try:
             r = https_get(guest, host, path)
         except LabError as exc:
-            return False, f"[red]{exc.message}[/]"
+            return "", f"[red]{exc.message}[/]"
         if r["status"] == 200 and want in r["body"]:
-            return True, "200 ok"
-        return False, f"[red]{r['status']} {r['body'][:60]!r}[/]"
+            return "ok", "200 ok"
+        return ("retry" if r["status"] in (502, 503, 504) else ""), f"[red]{r['status']} {r['body'][:60]!r}[/]"
 
     return attempt()[1]
 

@@ -110,3 +110,23 @@ def test_bad_payload_settings_are_refused_early(overrides, message):
         load_settings(ROOT, overrides)
     assert message in str(exc.value)
     assert "Traceback" not in str(exc.value)
+
+
+@pytest.mark.parametrize("answers, shown, calls", [
+    ([(502, "Bad Gateway"), (200, "<html>app")], "200 ok", 2),      # the backend's first seconds
+    ([(404, "Not Found")], "404", 1),                                  # final: no retry
+    ([(200, "no marker")], "200 'no marker'", 1),                      # wrong body: final
+])
+def test_the_smoke_check_retries_only_while_apache_has_no_backend(monkeypatch, answers, shown, calls):
+    seen = []
+
+    def fake_get(guest, host, path):
+        seen.append(path)
+        status, body = answers[min(len(seen), len(answers)) - 1]
+        return {"status": status, "body": body}
+
+    monkeypatch.setattr(stack, "https_get", fake_get)
+    import tenacity
+    monkeypatch.setattr(tenacity.nap, "sleep", lambda s: None)
+    assert shown in stack._proxied(object(), "web.lab", "/", "<html")
+    assert len(seen) == calls
