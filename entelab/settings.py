@@ -91,6 +91,11 @@ def _v(*fields: str, grammar):
     return field_validator(*fields)(classmethod(lambda cls, v: grammar(v)))
 
 
+def _blank_or(grammar):
+    """``grammar`` for a value that may also be left empty ('' passes unchecked)."""
+    return lambda v: v and grammar(v)
+
+
 class Ports(_Section):
     museum: int
     web: int
@@ -137,11 +142,7 @@ class Smtp(_Section):
     _p = _v("port", grammar=g.port)
     _u = _v("username", grammar=g.account)
     _s = _v("sender_name", grammar=g.sender_name)
-
-    @field_validator("email")
-    @classmethod
-    def _email(cls, v: str) -> str:
-        return v and g.email(v)
+    _email = _v("email", grammar=_blank_or(g.email))
 
 
 class Postfix(_Section):
@@ -178,10 +179,7 @@ class Stack(_Section):
     payload: Literal["standin", "official", "tarball", "auto"]
     tarball: str = ""
 
-    @field_validator("tarball")
-    @classmethod
-    def _tarball(cls, v: str) -> str:
-        return v and g.archive_file(v)
+    _tarball = _v("tarball", grammar=_blank_or(g.archive_file))
 
     @model_validator(mode="after")
     def _needs_tarball(self) -> Stack:
@@ -201,11 +199,7 @@ class Acme(_Section):
 
     _u = _v("user", grammar=g.account)
     _ca = _v("ca", grammar=g.https_url)
-
-    @field_validator("contact")
-    @classmethod
-    def _contact(cls, v: str) -> str:
-        return v and g.email(v)
+    _contact = _v("contact", grammar=_blank_or(g.email))
 
 
 class Vm(_Section):
