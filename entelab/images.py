@@ -301,6 +301,33 @@ def fetch_serve(dest: Path, log: Path) -> str:
     return f"node_modules/serve/{os.path.normpath(binary)}"
 
 
+def _mmdebstrap(packages: list[str], tmp: Path, suite: str, mirrors: list[str], *,
+                essential: str, customize: list[str], trim: list[str]) -> list[str]:
+    """The mmdebstrap command of both rootfs builds: a minbase tar of ``packages`` at
+    ``tmp`` (dpkg skips PATH_EXCLUDES); the essential hook writes PostgreSQL's
+    createcluster.conf, then ``essential`` (shell appended as is); the ``customize``
+    hooks run in order, last the removal of ``trim``."""
+    dpkgopts = ([f"--dpkgopt=path-exclude={x}" for x in PATH_EXCLUDES]
+                + [f"--dpkgopt=path-include={x}" for x in PATH_INCLUDES])
+    rm = " ".join(f'"$1"{t}' for t in trim)     # constants: no spaces, globs expand
+    return [
+        "mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
+        "--include=" + ",".join(packages), *dpkgopts,
+        "--essential-hook=" + "mkdir -p \"$1/etc/postgresql-common\" && printf '%s\\n' "
+                              f"{shlex.quote(CREATECLUSTER)} "
+                              "> \"$1/etc/postgresql-common/createcluster.conf\"" + essential,
+        *("--customize-hook=" + hook for hook in customize),
+        "--customize-hook=" + f"rm -rf {rm}",
+        suite, str(tmp), *mirrors,
+    ]
+
+
+def _locale_gen(then: str) -> str:
+    """A customize hook: /etc/locale.gen lists LOCALES, then the shell ``then``."""
+    return (f"printf '%s\\n' {' '.join(shlex.quote(x) for x in LOCALES)} "
+            f"> \"$1/etc/locale.gen\" && {then}")
+
+
 def build_base(out: Path, log: Path, rootfs: str = "standin") -> None:
     """mmdebstrap minbase + packages (+ serve for the stand-ins), trimmed, as a tar at ``out``."""
     if rootfs == "postgres17":
@@ -309,53 +336,29 @@ def build_base(out: Path, log: Path, rootfs: str = "standin") -> None:
     q = lambda path: shlex.quote(str(path))  # noqa: E731 - hooks run through sh
     with tempfile.TemporaryDirectory(prefix="ente-lab-serve-") as npmdir:
         serve_bin = fetch_serve(Path(npmdir), log)
-        trim = " ".join(f'"$1"{t}' for t in TRIM)     # constants: no spaces, globs expand
-        dpkgopts = ([f"--dpkgopt=path-exclude={x}" for x in PATH_EXCLUDES]
-                    + [f"--dpkgopt=path-include={x}" for x in PATH_INCLUDES])
         tmp = out.with_suffix(".partial")
-        cmd = [
-            "mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
-            "--include=" + ",".join(PACKAGES), *dpkgopts,
-            "--essential-hook=" + "mkdir -p \"$1/etc/postgresql-common\" && printf '%s\\n' "
-                                  f"{shlex.quote(CREATECLUSTER)} "
-                                  "> \"$1/etc/postgresql-common/createcluster.conf\"",
-            "--customize-hook=" + f"mkdir -p \"$1/opt/serve\" && cp -a {q(npmdir)}/. \"$1/opt/serve/\" "
-                                  f"&& ln -sf /opt/serve/{serve_bin} \"$1/usr/local/bin/serve\"",
-            "--customize-hook=" + f"printf '%s\\n' {' '.join(shlex.quote(x) for x in LOCALES)} "
-                                  "> \"$1/etc/locale.gen\" && chroot \"$1\" locale-gen",
-            "--customize-hook=" + f"chroot \"$1\" dpkg --purge --force-depends {' '.join(PURGE)}",
-            "--customize-hook=" + f"rm -rf {trim}",
-            SUITE, str(tmp), *MIRRORS,
-        ]
+        cmd = _mmdebstrap(PACKAGES, tmp, SUITE, MIRRORS, essential="", customize=[
+            f"mkdir -p \"$1/opt/serve\" && cp -a {q(npmdir)}/. \"$1/opt/serve/\" "
+            f"&& ln -sf /opt/serve/{serve_bin} \"$1/usr/local/bin/serve\"",
+            _locale_gen("chroot \"$1\" locale-gen"),
+            f"chroot \"$1\" dpkg --purge --force-depends {' '.join(PURGE)}",
+        ], trim=TRIM)
         run(cmd, log=log, hint="read the log; mmdebstrap needs the Debian mirror and root")
     tmp.rename(out)
 
 
 def build_pg17_base(out: Path, log: Path) -> None:
     """trixie minbase + postgresql-17, LLVM/JIT purged, trimmed, as a tar at ``out``."""
-    trim = " ".join(f'"$1"{t}' for t in PG17_TRIM)
-    dpkgopts = ([f"--dpkgopt=path-exclude={x}" for x in PATH_EXCLUDES]
-                + [f"--dpkgopt=path-include={x}" for x in PATH_INCLUDES])
     ids = (f"grep -q '^postgres:' \"$1/etc/group\" || echo 'postgres:x:{PG_GID}:' >> \"$1/etc/group\"; "
            f"grep -q '^postgres:' \"$1/etc/passwd\" || echo 'postgres:x:{PG_UID}:{PG_GID}:PostgreSQL "
            "administrator,,,:/var/lib/postgresql:/bin/bash' >> \"$1/etc/passwd\"")
     purge = " ".join(shlex.quote(g) for g in PG17_PURGE_GLOBS)
     tmp = out.with_suffix(".partial")
-    cmd = [
-        "mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar",
-        "--include=" + ",".join(PG17_PACKAGES), *dpkgopts,
-        "--essential-hook=" + "mkdir -p \"$1/etc/postgresql-common\" && printf '%s\\n' "
-                              f"{shlex.quote(CREATECLUSTER)} "
-                              "> \"$1/etc/postgresql-common/createcluster.conf\" && " + ids,
-        "--customize-hook=" + f"printf '%s\\n' {' '.join(shlex.quote(x) for x in LOCALES)} "
-                              "> \"$1/etc/locale.gen\" && { [ ! -x \"$1/usr/sbin/locale-gen\" ] "
-                              "|| chroot \"$1\" locale-gen; }",
-        "--customize-hook=" + f"pkgs=$(chroot \"$1\" dpkg-query -W -f='${{Package}}\\n' {purge} "
-                              "2>/dev/null); [ -z \"$pkgs\" ] || chroot \"$1\" dpkg --purge "
-                              "--force-depends $pkgs",
-        "--customize-hook=" + f"rm -rf {trim}",
-        PG17_SUITE, str(tmp), *PG17_MIRRORS,
-    ]
+    cmd = _mmdebstrap(PG17_PACKAGES, tmp, PG17_SUITE, PG17_MIRRORS, essential=" && " + ids, customize=[
+        _locale_gen("{ [ ! -x \"$1/usr/sbin/locale-gen\" ] || chroot \"$1\" locale-gen; }"),
+        f"pkgs=$(chroot \"$1\" dpkg-query -W -f='${{Package}}\\n' {purge} 2>/dev/null); "
+        "[ -z \"$pkgs\" ] || chroot \"$1\" dpkg --purge --force-depends $pkgs",
+    ], trim=PG17_TRIM)
     run(cmd, log=log, hint="read the log; mmdebstrap needs the Debian mirror (trixie) and root")
     tmp.rename(out)
 
