@@ -37,32 +37,32 @@ class ProdFile:
     note: str = ""
 
 
+def _same(section: str, *paths: str) -> tuple[ProdFile, ...]:
+    """Files of one article section that the lab renders at the same path."""
+    return tuple(ProdFile(path, section, lab="=") for path in paths)
+
+
 # The one list of what lab.diff and lab.import read, in the article's order.
 PRODUCTION_FILES: tuple[ProdFile, ...] = (
     ProdFile("/etc/httpd/httpd.conf", "Apache reverse proxy configuration",
              note="scanned for pitfalls (global CORS lines); the lab renders Debian's apache2"),
     ProdFile("/etc/httpd/extra/*.conf", "Apache reverse proxy configuration",
              lab="vhost", note="matched to the lab's vhosts by ServerName"),
-    ProdFile("/etc/hosts", "Add IP / name mapping to the host", lab="="),
-    ProdFile("/etc/networks", "Add IP / name mapping to the host", lab="="),
-    ProdFile("/etc/resolv.conf", "DNS serving local IPs", lab="="),
-    ProdFile("/etc/dnsmasq.conf", "DNS serving local IPs", lab="="),
-    ProdFile("/etc/sasl2/smtpd.conf", "Configuring SASL", lab="="),
+    *_same("Add IP / name mapping to the host", "/etc/hosts", "/etc/networks"),
+    *_same("DNS serving local IPs", "/etc/resolv.conf", "/etc/dnsmasq.conf"),
+    *_same("Configuring SASL", "/etc/sasl2/smtpd.conf"),
     ProdFile("/etc/postfix/sasl/smtpd.conf", "Configuring SASL", optional=True,
              note="where a Debian-built Postfix reads its SASL config"),
-    ProdFile("/etc/postfix/main.cf", "Configuring Postfix", lab="="),
-    ProdFile("/etc/postfix/master.cf", "Configuring Postfix", lab="="),
-    ProdFile("/etc/dehydrated/config", "Configuring Postfix", lab="="),
-    ProdFile("/etc/dehydrated/domains.txt", "Configuring Postfix", lab="="),
-    ProdFile("/etc/dehydrated/hook.sh", "Configuring Postfix", lab="="),
-    ProdFile("/etc/sudoers.d/*", "Configuring Postfix", lab="="),
-    ProdFile("{compose_dir}/Dockerfile.auth", "Cloning the git repository and preparing the web app image",
-             lab="="),
-    ProdFile("{compose_dir}/.env", "Considerations for the .env file", lab="="),
-    ProdFile("{compose_dir}/museum.yaml", "museum.yaml", lab="="),
-    ProdFile("{compose_dir}/cli-config.yaml", "cli-config.yaml", lab="="),
-    ProdFile("{compose_dir}/minio-provision.sh", "minio-provision.sh", lab="="),
-    ProdFile("{compose_dir}/docker-compose.yml", "docker-compose.yml", lab="="),
+    *_same("Configuring Postfix", "/etc/postfix/main.cf", "/etc/postfix/master.cf",
+           "/etc/dehydrated/config", "/etc/dehydrated/domains.txt", "/etc/dehydrated/hook.sh",
+           "/etc/sudoers.d/*"),
+    *_same("Cloning the git repository and preparing the web app image",
+           "{compose_dir}/Dockerfile.auth"),
+    *_same("Considerations for the .env file", "{compose_dir}/.env"),
+    *_same("museum.yaml", "{compose_dir}/museum.yaml"),
+    *_same("cli-config.yaml", "{compose_dir}/cli-config.yaml"),
+    *_same("minio-provision.sh", "{compose_dir}/minio-provision.sh"),
+    *_same("docker-compose.yml", "{compose_dir}/docker-compose.yml"),
 )
 
 
