@@ -8,7 +8,6 @@ through converge's plan and the agent.
 from __future__ import annotations
 
 import http.server
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -87,18 +86,12 @@ class Backend(http.server.BaseHTTPRequestHandler):
 def test_live_apache_challenge_on_port_80(on, lab_secrets, lab_certs):
     """The CA's http-01 request for the API name: served from dehydrated's directory by
     the lab; proxied to the backend (its 404) with the article's lines."""
-    from test_template_apache import curl, free_port, server_root
+    from test_template_apache import curl, free_port, live_server_root
     backend_port, http_port, https_port = free_port(), free_port(), free_port()
     overrides = [f"ports.museum={backend_port}"] + (["pitfalls.wellknown_in_location=true"] if on else [])
     base = Path(tempfile.mkdtemp(prefix="entelab-wellknown-"))
-    os.chmod(base, 0o755)
     tree = render_into(base / "tree", load(overrides), lab_secrets)
-    acme = base / "acme"
-    acme.mkdir(mode=0o755)
-    (acme / "tok3n").write_text("tok3n.thumbprint")
-    os.chmod(acme / "tok3n", 0o644)
-    conf = server_root(base / "srv", tree, lab_certs.certdir, acme, ports=(http_port, https_port))
-    os.chmod(base / "srv", 0o755)
+    conf = live_server_root(base, tree, lab_certs.certdir, (http_port, https_port))
     Backend.seen = []
     with running_apache(conf, http_port, Backend, backend_port, [base]):
         host = tree.settings.api_host

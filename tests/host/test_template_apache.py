@@ -143,20 +143,27 @@ def curl(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
-@pytest.fixture
-def live_apache(lab_secrets, lab_certs):
-    backend_port, http_port, https_port = free_port(), free_port(), free_port()
-    tree = render_into(Path(tempfile.mkdtemp(prefix="entelab-apache-tree-")),
-                       load([f"ports.museum={backend_port}"]), lab_secrets)
-    # Apache's children run as nobody: their files must be world-readable.
-    base = Path(tempfile.mkdtemp(prefix="entelab-apache-"))
+def live_server_root(base: Path, tree, certdir: Path, ports: tuple[int, int]) -> Path:
+    """``server_root`` in ``base/srv`` for a live Apache on ``ports`` (http, https), with
+    dehydrated's challenge directory ``base/acme-challenges`` holding the token ``tok3n``.
+    Apache's children run as nobody: ``base`` and the files are made world-readable."""
     os.chmod(base, 0o755)
     acme = base / "acme-challenges"
     acme.mkdir(mode=0o755)
     (acme / "tok3n").write_text("tok3n.thumbprint")
     os.chmod(acme / "tok3n", 0o644)
-    conf = server_root(base / "srv", tree, lab_certs.certdir, acme, ports=(http_port, https_port))
+    conf = server_root(base / "srv", tree, certdir, acme, ports=ports)
     os.chmod(base / "srv", 0o755)
+    return conf
+
+
+@pytest.fixture
+def live_apache(lab_secrets, lab_certs):
+    backend_port, http_port, https_port = free_port(), free_port(), free_port()
+    tree = render_into(Path(tempfile.mkdtemp(prefix="entelab-apache-tree-")),
+                       load([f"ports.museum={backend_port}"]), lab_secrets)
+    base = Path(tempfile.mkdtemp(prefix="entelab-apache-"))
+    conf = live_server_root(base, tree, lab_certs.certdir, (http_port, https_port))
 
     Backend.seen = []
     with running_apache(conf, https_port, Backend, backend_port, [base, tree.root]):
