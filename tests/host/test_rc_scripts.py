@@ -126,6 +126,33 @@ def assert_stopped(script: str, env: dict[str, str], name: str) -> None:
     assert r.stdout.strip() == f"{name} is not running"
 
 
+def start_checked(name: str, env: dict[str, str]) -> int:
+    """``rc.<name> start`` from stopped: succeeds and leaves ``name`` running; its pid."""
+    assert_stopped(f"rc.{name}", env, name)
+    r = rc(f"rc.{name}", "start", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return assert_running(f"rc.{name}", env, name)
+
+
+def restart_checked(name: str, env: dict[str, str], pid: int) -> int:
+    """``rc.<name> restart``: succeeds and gives a daemon other than ``pid``; its pid."""
+    r = rc(f"rc.{name}", "restart", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = assert_running(f"rc.{name}", env, name)
+    assert new != pid
+    return new
+
+
+def stop_checked(name: str, env: dict[str, str], pid: int) -> None:
+    """``rc.<name> stop``: succeeds, daemon ``pid`` is gone, status says stopped; a second
+    stop succeeds too (idempotent)."""
+    r = rc(f"rc.{name}", "stop", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not alive(pid)
+    assert_stopped(f"rc.{name}", env, name)
+    assert rc(f"rc.{name}", "stop", env).returncode == 0
+
+
 # ---------------------------------------------------------------- static checks
 @pytest.mark.parametrize("path", SHELL_FILES, ids=lambda p: p.name)
 def test_script_parses(path: Path):
@@ -286,10 +313,7 @@ def dnsmasq_env(pubtmp: Path):
 def test_rc_dnsmasq_lifecycle(dnsmasq_env):
     env = dnsmasq_env
     port = int(env["_port"])
-    assert_stopped("rc.dnsmasq", env, "dnsmasq")
-    r = rc("rc.dnsmasq", "start", env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    pid = assert_running("rc.dnsmasq", env, "dnsmasq")
+    pid = start_checked("dnsmasq", env)
     assert dns_query(port, "ente-museum.ente.lan") == ["172.21.0.5"]
     assert dns_query(port, "nosuch.ente.lan") == []
     # start again: idempotent, same daemon
@@ -311,15 +335,9 @@ def test_rc_dnsmasq_lifecycle(dnsmasq_env):
     assert dns_query(port, "ente-cli.ente.lan") == ["172.21.0.7"]
     assert assert_running("rc.dnsmasq", env, "dnsmasq") == pid
     # restart gives a new daemon
-    r = rc("rc.dnsmasq", "restart", env)
-    assert r.returncode == 0, r.stderr
-    pid2 = assert_running("rc.dnsmasq", env, "dnsmasq")
-    assert pid2 != pid and not alive(pid)
-    r = rc("rc.dnsmasq", "stop", env)
-    assert r.returncode == 0, r.stderr
-    assert not alive(pid2)
-    assert_stopped("rc.dnsmasq", env, "dnsmasq")
-    assert rc("rc.dnsmasq", "stop", env).returncode == 0  # idempotent
+    pid2 = restart_checked("dnsmasq", env, pid)
+    assert not alive(pid)
+    stop_checked("dnsmasq", env, pid2)
     assert rc("rc.dnsmasq", "reload", env).returncode == 1  # nothing to reload
 
 
@@ -340,10 +358,7 @@ def test_rc_saslauthd_lifecycle(pubtmp: Path):
     rundir = tmp_path / "saslauthd"
     env = {"SASLAUTHD_RUNDIR": str(rundir)}
     try:
-        assert_stopped("rc.saslauthd", env, "saslauthd")
-        r = rc("rc.saslauthd", "start", env)
-        assert r.returncode == 0, r.stdout + r.stderr
-        pid = assert_running("rc.saslauthd", env, "saslauthd")
+        pid = start_checked("saslauthd", env)
         st = rundir.stat()
         assert oct(st.st_mode & 0o7777) == "0o710"
         import grp
@@ -356,15 +371,8 @@ def test_rc_saslauthd_lifecycle(pubtmp: Path):
         assert rc("rc.saslauthd", "start", env).returncode == 0
         assert assert_running("rc.saslauthd", env, "saslauthd") == pid
         assert rc("rc.saslauthd", "reload", env).returncode == 0
-        r = rc("rc.saslauthd", "restart", env)
-        assert r.returncode == 0, r.stderr
-        pid2 = assert_running("rc.saslauthd", env, "saslauthd")
-        assert pid2 != pid
-        r = rc("rc.saslauthd", "stop", env)
-        assert r.returncode == 0
-        assert not alive(pid2)
-        assert_stopped("rc.saslauthd", env, "saslauthd")
-        assert rc("rc.saslauthd", "stop", env).returncode == 0
+        pid2 = restart_checked("saslauthd", env, pid)
+        stop_checked("saslauthd", env, pid2)
     finally:
         rc("rc.saslauthd", "stop", env)
 
@@ -394,10 +402,7 @@ def test_rc_postfix_lifecycle(pubtmp: Path):
     (base / "etc" / "master.cf").write_text("\n".join(master) + "\n")
     env = {"POSTFIX_CONFDIR": str(base / "etc")}
     try:
-        assert_stopped("rc.postfix", env, "postfix")
-        r = rc("rc.postfix", "start", env)
-        assert r.returncode == 0, r.stdout + r.stderr
-        pid = assert_running("rc.postfix", env, "postfix")
+        pid = start_checked("postfix", env)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             assert s.recv(200).startswith(b"220 rctest.localdomain ESMTP")
         assert rc("rc.postfix", "start", env).returncode == 0
@@ -416,15 +421,8 @@ def test_rc_postfix_lifecycle(pubtmp: Path):
         assert rc("rc.postfix", "status", env).returncode == 0
         assert assert_running("rc.postfix", env, "postfix") == pid
         (base / "etc" / "main.cf").write_text(good)
-        r = rc("rc.postfix", "restart", env)
-        assert r.returncode == 0, r.stderr
-        pid2 = assert_running("rc.postfix", env, "postfix")
-        assert pid2 != pid
-        r = rc("rc.postfix", "stop", env)
-        assert r.returncode == 0, r.stderr
-        assert not alive(pid2)
-        assert_stopped("rc.postfix", env, "postfix")
-        assert rc("rc.postfix", "stop", env).returncode == 0
+        pid2 = restart_checked("postfix", env, pid)
+        stop_checked("postfix", env, pid2)
     finally:
         rc("rc.postfix", "stop", env)
 
@@ -450,10 +448,7 @@ def test_rc_httpd_lifecycle(pubtmp: Path):
         f.write("ServerName rctest.localhost\n")
     env = {"APACHE_CONFDIR": str(conf)}
     try:
-        assert_stopped("rc.httpd", env, "httpd")
-        r = rc("rc.httpd", "start", env)
-        assert r.returncode == 0, r.stdout + r.stderr
-        pid = assert_running("rc.httpd", env, "httpd")
+        pid = start_checked("httpd", env)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/")
         assert conn.getresponse().status in (200, 403, 404)
@@ -480,11 +475,7 @@ def test_rc_httpd_lifecycle(pubtmp: Path):
         (conf / "apache2.conf").write_text(text)
         r = rc("rc.httpd", "restart", env)
         assert r.returncode == 0, r.stderr
-        r = rc("rc.httpd", "stop", env)
-        assert r.returncode == 0, r.stderr
-        assert not alive(pid)
-        assert_stopped("rc.httpd", env, "httpd")
-        assert rc("rc.httpd", "stop", env).returncode == 0
+        stop_checked("httpd", env, pid)
     finally:
         rc("rc.httpd", "stop", env)
 
@@ -498,10 +489,7 @@ def test_rc_pebble_lifecycle(pubtmp: Path):
     lab = tmp_path / "ente-lab"
     marker = Path(env["PEBBLE_MARKER"])
     try:
-        assert_stopped("rc.pebble", env, "pebble")
-        r = rc("rc.pebble", "start", env)
-        assert r.returncode == 0, r.stdout + r.stderr
-        pid = assert_running("rc.pebble", env, "pebble")
+        pid = start_checked("pebble", env)
         for f in ("acme-root.pem", "acme-intermediate.pem", "pebble-tls-ca.pem"):
             assert (lab / f).read_text().startswith("-----BEGIN CERTIFICATE-----"), f
         cfg = (tmp_path / "etc-pebble" / "pebble-config.json").read_text()
@@ -525,10 +513,7 @@ def test_rc_pebble_lifecycle(pubtmp: Path):
         assert (lab / "acme-root.pem").read_text() == root1
         # restart: new root, republished; new marker
         time.sleep(1.1)
-        r = rc("rc.pebble", "restart", env)
-        assert r.returncode == 0, r.stdout + r.stderr
-        pid2 = assert_running("rc.pebble", env, "pebble")
-        assert pid2 != pid
+        pid2 = restart_checked("pebble", env, pid)
         assert (lab / "acme-root.pem").read_text() != root1
         m2 = dict(line.split("=", 1) for line in marker.read_text().split())
         assert m2["pid"] == str(pid2) and m2["root_sha256"] != m1["root_sha256"]
