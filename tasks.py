@@ -232,20 +232,23 @@ def workshop_steps(c):
 
 
 # ---------------------------------------------------------------- tests
-@task(help={"k": "Only tests matching this pytest -k expression"})
+K_HELP = {"k": "Only tests matching this pytest -k expression"}
+KEEP_HELP = {"keep": "Leave the VM running afterwards"}
+
+
+@task(help=K_HELP)
 def host_tests(c, k=""):
     """Fast host tests: settings, rendering, real-tool validation (no VM)."""
     body.run(body.tests, which="host", k=k)
 
 
-@task(help={"k": "Only tests matching this pytest -k expression",
-            "keep": "Leave the VM running afterwards"})
+@task(help={**K_HELP, **KEEP_HELP})
 def vm_tests(c, k="", keep=False):
     """VM tests: brings the lab up once, runs every vm test against it."""
     body.run(body.tests, which="vm", k=k, keep=keep)
 
 
-@task(help={"keep": "Leave the VM running afterwards"})
+@task(help=KEEP_HELP)
 def all_tests(c, keep=False):
     """Everything: host prerequisites, host tests, then the VM tests; destroys the VM."""
     body.run(body.tests, which="all", keep=keep)
