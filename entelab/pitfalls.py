@@ -150,8 +150,9 @@ _ALL = (
        title="The sudoers line the hook needs is missing",
        section="Configuring Postfix",
        article_text="dehydrated_user ALL=NOPASSWD: /usr/sbin/postfix reload",
-       symptom="Renewal writes a new certificate, but Apache and Postfix keep serving the "
-               "old one (until they are restarted by hand).",
+       symptom="Renewal writes a new certificate, but Apache keeps serving the old one "
+               "(until it is reloaded by hand) and the hook reports a failure. Postfix looks "
+               "fine: each new smtpd process reads the certificate file when it starts.",
        cause="dehydrated runs as a non-root user; without a sudoers rule for each reload "
              "command (the article lists only `postfix reload`, not `apachectl -k graceful`) "
              "the hook's sudo calls fail.",

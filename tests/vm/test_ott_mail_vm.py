@@ -11,7 +11,7 @@ import uuid
 import pytest
 from tenacity import retry, stop_after_delay, wait_fixed
 
-from entelab import admin, certs, mailbox, probes
+from entelab import admin, mailbox, probes
 
 pytestmark = pytest.mark.vm
 
@@ -68,12 +68,6 @@ def test_an_address_outside_the_domain_gets_museums_send_error(guest, settings):
     assert r["status"] == 500
     log = guest.run("docker logs --since 2m ente-museum 2>&1").stdout
     assert "level=error" in log and "550" in log
-
-
-def test_a_code_is_delivered_after_a_renewal(guest, paths, settings):
-    r = certs.renew_with(guest, paths, settings)
-    assert r["after"]["postfix"] != r["before"]["postfix"]
-    code_of(ask_code(guest, settings, fresh(settings)))
 
 
 def test_lab_admin_promotes_and_it_survives_restart_and_converge(guest, paths, settings, monkeypatch, tmp_path,
