@@ -310,9 +310,28 @@ def recover(paths: LabPaths, what: str, settings: Settings) -> dict:
             info(f"  {root}{' (changed)' if changed else ' (unchanged)'}; "
                  f"https://{settings.api_host} at {result['address']} verifies, "
                  f"serial {result['serial']}")
+        with stage(f"{what}: renew the VM's DHCP lease (libvirt's network)",
+                   hint="virsh -c qemu:///system net-dhcp-leases " + f"{paths.lab_id}-mgmt"):
+            guest.run(RENEW_LEASE, shown="restart dhclient (detached)")
     finally:
         guest.close()
     return result
+
+
+# The restored dhclient's timers come from the snapshot: after a few restores libvirt's
+# lease (1 h) runs out unrenewed, and Vagrant no longer finds the VM ("inaccessible";
+# `vagrant halt` then does nothing). A new dhclient asks for the address it holds (and
+# keeps it while the lease lives); detached, so the SSH command returns at once.
+RENEW_LEASE = r"""
+for pf in /run/dhclient.*.pid; do
+    [ -s "$pf" ] || continue
+    dev=${pf#/run/dhclient.}; dev=${dev%.pid}
+    kill -9 "$(cat "$pf")" 2>/dev/null
+    setsid dhclient -4 -nw -pf "$pf" -lf "/var/lib/dhcp/dhclient.$dev.leases" "$dev" \
+        </dev/null >/dev/null 2>&1 &
+done
+exit 0
+"""
 
 
 # ------------------------------------------------------------------ verbs

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -149,7 +150,27 @@ def down(paths: LabPaths) -> None:
             info(f"  already {domain_state(paths)}")
             return
         vagrant(paths, "halt")
+        if domain_state(paths) != "shut off":
+            _halt_through_libvirt(paths)
     _forget_ssh_config(paths)
+
+
+def _halt_through_libvirt(paths: LabPaths, timeout: float = 240) -> None:
+    """`vagrant halt` returned with the domain still running: Vagrant did not see the
+    machine (state "inaccessible": no DHCP lease it can find). Shut it down through
+    libvirt (ACPI, so rc.M stops every service), and power it off only as a last resort."""
+    warn(f"vagrant halt left {domain_name(paths)} {domain_state(paths)} (vagrant status: the VM's "
+         "DHCP lease is gone); shutting it down through libvirt (ACPI)")
+    virsh("shutdown", domain_name(paths))
+    deadline = time.monotonic() + timeout
+    while domain_state(paths) != "shut off" and time.monotonic() < deadline:
+        time.sleep(2)
+    if domain_state(paths) != "shut off":
+        warn(f"no clean shutdown in {timeout:.0f} s: powering the VM off (virsh destroy)")
+        virsh("destroy", domain_name(paths))
+    if domain_state(paths) != "shut off":
+        raise StageFailed(f"{domain_name(paths)} is still {domain_state(paths)}",
+                          hint=f"virsh -c qemu:///system destroy {domain_name(paths)}")
 
 
 def destroy(paths: LabPaths, yes: bool = False) -> None:
