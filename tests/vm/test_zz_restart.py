@@ -2,7 +2,8 @@
 
 The same VM comes back with its disk intact; the rc.d scripts bring every
 service back at boot (one rc unit, as Slackware's rc.M); pebble restarted with
-a new root and no accounts, yet a forced renewal succeeds, and host-side
+a new root and no accounts, yet the boot's forced re-issue (re-registration,
+new certificate, the hook's reloads) succeeds, and host-side
 clients verify the served certificate with the republished root. The Ente
 stack comes back with the boot and answers /ping through Apache.
 """
