@@ -311,7 +311,7 @@ def recover(paths: LabPaths, what: str, settings: Settings) -> dict:
                  f"https://{settings.api_host} at {result['address']} verifies, "
                  f"serial {result['serial']}")
         with stage(f"{what}: renew the VM's DHCP lease (libvirt's network)",
-                   hint="virsh -c qemu:///system net-dhcp-leases " + f"{paths.lab_id}-mgmt"):
+                   hint=f"virsh -c qemu:///system net-dhcp-leases {vm.network_name(paths)}"):
             guest.run(RENEW_LEASE, shown="restart dhclient (detached)")
     finally:
         guest.close()

@@ -735,8 +735,8 @@ FACTS_PROGRAM = textwrap.dedent(r'''
         w = line.split() + ["", "", "", ""]
         out["containers"][w[0].lstrip("/")] = {"state": w[1], "health": "" if w[2] == "-" else w[2],
                                                "ip": w[3]}
-    for key, name in (("smtp587", "smtp587"), ("smtp25", "smtp25")):
-        out[key] = later[name].result()
+    for key in ("smtp587", "smtp25"):
+        out[key] = later[key].result()
     rc, txt = later["compose"].result()
     out["compose_config"] = {"ok": rc == 0, "output": txt[-2000:]}
     rc, txt = later["apache"].result()
