@@ -90,8 +90,15 @@ def free_port() -> int:
 
 def rc(script: str, action: str, env: dict[str, str], timeout: int = 120):
     full_env = {**os.environ, **env, "RC_FUNCTIONS": str(RC_FUNCTIONS)}
-    return subprocess.run([str(RC_D / script), action], env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    try:
+        return subprocess.run([str(RC_D / script), action], env=full_env, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        # what was still running says which command hung (the rc script is killed next)
+        ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,etimes,wchan:24,args", "--forest"],
+                            capture_output=True, text=True).stdout
+        pytest.fail(f"{script} {action} did not finish within {timeout}s; it printed:\n"
+                    f"{exc.stdout!r}\n{exc.stderr!r}\nprocesses at the timeout:\n{ps}")
 
 
 def alive(pid: int) -> bool:
@@ -378,11 +385,10 @@ def test_rc_saslauthd_lifecycle(pubtmp: Path):
 
 
 # ---------------------------------------------------------------- postfix
-@needs_root
-def test_rc_postfix_lifecycle(pubtmp: Path):
-    tmp_path = pubtmp
+def postfix_instance(base: Path) -> tuple[dict[str, str], int, Path]:
+    """A private Postfix instance under ``base`` (its own queue, smtpd on a free
+    loopback port, log in a file): rc.postfix's env, the port, the log."""
     need("/usr/sbin/postfix")
-    base = tmp_path / "pf"
     (base / "etc").mkdir(parents=True)
     (base / "spool").mkdir()
     (base / "data").mkdir()
@@ -400,7 +406,13 @@ def test_rc_postfix_lifecycle(pubtmp: Path):
     master = [f"127.0.0.1:{port} inet n - n - - smtpd" if ln.startswith("smtp ") and " inet " in ln
               else ln for ln in master]
     (base / "etc" / "master.cf").write_text("\n".join(master) + "\n")
-    env = {"POSTFIX_CONFDIR": str(base / "etc")}
+    return {"POSTFIX_CONFDIR": str(base / "etc")}, port, maillog
+
+
+@needs_root
+def test_rc_postfix_lifecycle(pubtmp: Path):
+    base = pubtmp / "pf"
+    env, port, maillog = postfix_instance(base)
     try:
         pid = start_checked("postfix", env)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -423,6 +435,33 @@ def test_rc_postfix_lifecycle(pubtmp: Path):
         (base / "etc" / "main.cf").write_text(good)
         pid2 = restart_checked("postfix", env, pid)
         stop_checked("postfix", env, pid2)
+    finally:
+        rc("rc.postfix", "stop", env)
+
+
+@needs_root
+def test_rc_postfix_stop_is_bounded_when_the_postfix_command_hangs(pubtmp: Path):
+    """A ``postfix stop`` that never returns: rc.postfix kills it after RC_TIMEOUT,
+    stops master itself, says so, and restart still gives a new master."""
+    base = pubtmp / "pf"
+    env, _port, _log = postfix_instance(base)
+    wrapper = pubtmp / "postfix-hangs-on-stop"
+    wrapper.write_text('#!/bin/sh\nfor a; do [ "$a" = stop ] && exec sleep 600; done\n'
+                       'exec /usr/sbin/postfix "$@"\n')
+    wrapper.chmod(0o755)
+    hang = {**env, "POSTFIX": str(wrapper), "RC_TIMEOUT": "3"}
+    try:
+        pid = start_checked("postfix", env)
+        r = rc("rc.postfix", "restart", hang, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "'postfix stop' did not return within 3s" in r.stderr
+        assert not alive(pid)
+        pid2 = assert_running("rc.postfix", env, "postfix")
+        assert pid2 != pid
+        r = rc("rc.postfix", "stop", hang, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert not alive(pid2)
+        assert_stopped("rc.postfix", env, "postfix")
     finally:
         rc("rc.postfix", "stop", env)
 
