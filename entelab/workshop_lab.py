@@ -1,10 +1,12 @@
 """The workshop against the VM (issue 17): ``lab.workshop.start/check/solve/reset``.
 
-``make_base`` (run by ``lab.up --workshop`` instead of the lab's own converge): one
-converge of the plumbing with every step in its starting state (workshop.plan_for with
-no step done), the certificates from the lab CA, the steps' undo commands, then the
-snapshot ``workshop-base`` (disk + memory, like every lab snapshot; counted in the cap
-of ``snapshot.MAX_SNAPSHOTS``). No snapshot is taken per step: ``start STEP`` and
+``make_base`` (run by ``lab.up --workshop`` instead of the lab's own converge): the
+lab's own converge and the certificates from the lab CA (an http-01 challenge needs the
+Apache step's vhosts, and pebble looks the names up through the dnsmasq step: neither
+can be left undone before issuing), then one converge that takes every step back to its
+starting state (workshop.plan_for with no step done) and the steps' undo commands, then
+the snapshot ``workshop-base`` (disk + memory, like every lab snapshot; counted in the
+cap of ``snapshot.MAX_SNAPSHOTS``). No snapshot is taken per step: ``start STEP`` and
 ``reset STEP`` restore ``workshop-base`` and run the one converge that brings every
 step before STEP to the lab's files (and the stack up once "Running the server" is
 among them); without a base (a lab brought up plainly) the same converge takes the
@@ -79,14 +81,13 @@ def apply_plan(guest: Guest, paths: LabPaths, plan: workshop.Plan, what: str) ->
 
 
 def make_base(guest: Guest, paths: LabPaths, settings: Settings) -> None:
-    """The plumbing converged, every step left for the attendee, certificates issued;
-    then the snapshot workshop-base (replacing an older one)."""
+    """Certificates issued from the fully converged lab, then every step taken back to
+    its starting state; then the snapshot workshop-base (replacing an older one)."""
     from . import certs
-    plan = workshop.plan_for(rendered_pairs(paths), [], settings)
-    undo, plan.undo = plan.undo, []
-    apply_plan(guest, paths, plan, "the article's assumptions in place, every step left to do")
+    converge.converge(guest, paths)
     certs.issue(guest, paths)
-    _run(guest, undo, "every step left to do")
+    plan = workshop.plan_for(rendered_pairs(paths), [], settings)
+    apply_plan(guest, paths, plan, "the article's assumptions in place, every step left to do")
     if workshop.BASE_SNAPSHOT in snapshot.names(paths):
         snapshot.forget(paths, workshop.BASE_SNAPSHOT)
     snapshot.snapshot(paths, workshop.BASE_SNAPSHOT)
