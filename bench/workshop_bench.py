@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """Workshop step timings against the running lab (issue 17, docs/workshop.md "Timings").
 
-    .venv/bin/python bench/workshop_bench.py [--steps apache_proxy,postfix]   # after ./labctl lab.up
+    .venv/bin/python bench/workshop_bench.py [--steps apache_proxy,postfix]   # after ./labctl lab.up [--workshop]
 
 For each step in the article's order (or the ones named) it does what an instructor's
 commands do, and times each: ``lab.workshop.start STEP`` (every earlier step done, STEP
 onward left to do), ``lab.workshop.check`` (the verdict is expected to be "not done"
-for STEP), ``lab.workshop.solve STEP`` and ``check`` again (expected "done"). It starts
-from the running lab (no workshop-base snapshot: start takes the running lab to the start
-of the step, as ``lab.workshop.start`` says), and ends with a converge, so the lab is the
-lab again. What an attendee types is not timed here: that depends on the attendee (the
-Postfix step typed by tests/vm/test_workshop_vm.py is the one measured typing).
+for STEP), ``lab.workshop.solve STEP`` and ``check`` again (expected "done"). With a
+workshop-base snapshot (``./labctl lab.up --workshop``) each start restores it, as an
+instructor's ``start``/``reset`` does; without one, start takes the running lab to the
+start of the step. It ends with a converge, so the lab is the lab again. What an
+attendee types is not timed here: that depends on the attendee (the Postfix step typed
+by tests/vm/test_workshop_vm.py is the one measured typing).
 Writes build/bench-workshop.json.
 """
 
@@ -39,10 +40,12 @@ def bench_step(paths, settings, guest, name: str) -> dict:
 
     timed("start_s", lambda: workshop_lab.start(paths, settings, name, lambda: guest))
     f, ctx = timed("check_s", lambda: workshop_lab.facts(guest, paths, settings))
-    row["before"] = workshop.BY_NAME[name].check(f, ctx).state
+    v = workshop.BY_NAME[name].check(f, ctx)
+    row["before"] = v.state if v.state != workshop.DONE else "done (expected: not done)"
     timed("solve_s", lambda: workshop_lab.solve(paths, settings, name, guest))
     f, ctx = workshop_lab.facts(guest, paths, settings)
-    row["after"] = workshop.BY_NAME[name].check(f, ctx).state
+    v = workshop.BY_NAME[name].check(f, ctx)
+    row["after"] = v.state + (f": {v.symptom}" if v.symptom else "")
     return row
 
 

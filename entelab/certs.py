@@ -98,6 +98,27 @@ def file_serial(guest: Guest, conf: DehydratedConf) -> str:
     return _serial(guest.run(f"openssl x509 -noout -serial -in {conf.cert}", check=False).stdout)
 
 
+def verify_file_chain(guest: Guest, settings: Settings, root: Path) -> str:
+    """The certificate dehydrated wrote (fullchain.pem) verified on the host for the API
+    name against ``root`` (the published pebble root), when nothing serves it yet (a
+    workshop before its Apache step); its serial, as ``openssl x509 -serial`` prints it."""
+    from cryptography import x509
+    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+    conf = dehydrated_conf(settings)
+    path = f"{conf.basedir}/certs/{conf.domain}/fullchain.pem"
+    try:
+        chain = x509.load_pem_x509_certificates(guest.read(path).encode())
+        roots = x509.load_pem_x509_certificates(root.read_bytes())
+        verifier = PolicyBuilder().store(Store(roots)).build_server_verifier(
+            x509.DNSName(settings.api_host))
+        verifier.verify(chain[0], chain[1:])
+    except (ValueError, VerificationError) as exc:
+        raise StageFailed(f"{path} in the VM does not verify for {settings.api_host} "
+                          f"against {root}: {exc}", hint="./labctl lab.renew issues a new one") from exc
+    serial = f"{chain[0].serial_number:X}"
+    return "0" * (len(serial) % 2) + serial
+
+
 def ensure_pebble(guest: Guest) -> None:
     guest.run("/etc/rc.d/rc.pebble status >/dev/null 2>&1 || /etc/rc.d/rc.pebble start",
               hint=PEBBLE_LOG_HINT)

@@ -285,8 +285,10 @@ def host_tls_serial(addr: str, server_name: str, cafile: Path, port: int = 443,
     return str(cert.get("serialNumber", "?"))
 
 
-def recover(paths: LabPaths, what: str, settings: Settings) -> dict:
-    """Bring a restored/resumed guest back to now and prove it works."""
+def recover(paths: LabPaths, what: str, settings: Settings, served: bool = True) -> dict:
+    """Bring a restored/resumed guest back to now and prove it works. ``served`` False:
+    nothing serves https yet (the workshop base, before the article's Apache step), so the
+    certificate file is verified against the republished root instead."""
     result: dict = {}
     hint = "./labctl lab.status"
     with stage(f"{what}: reach the VM over SSH", hint=hint):
@@ -305,10 +307,15 @@ def recover(paths: LabPaths, what: str, settings: Settings) -> dict:
                   hint="./labctl lab.renew issues a certificate from the running pebble"):
             root, changed = certs.publish_root(guest, paths)
             result["address"] = address(guest)
-            result["serial"] = host_tls_serial(result["address"], settings.api_host, root)
             result["root_changed"] = changed
-            info(f"  {root}{' (changed)' if changed else ' (unchanged)'}; "
-                 f"https://{settings.api_host} at {result['address']} verifies, "
+            if served:
+                result["serial"] = host_tls_serial(result["address"], settings.api_host, root)
+                proof = f"https://{settings.api_host} at {result['address']} verifies"
+            else:
+                result["serial"] = certs.verify_file_chain(guest, settings, root)
+                proof = (f"the certificate file verifies for {settings.api_host} "
+                         "(nothing serves https before the workshop's Apache step)")
+            info(f"  {root}{' (changed)' if changed else ' (unchanged)'}; {proof}, "
                  f"serial {result['serial']}")
         with stage(f"{what}: renew the VM's DHCP lease (libvirt's network)",
                    hint=f"virsh -c qemu:///system net-dhcp-leases {vm.network_name(paths)}"):
@@ -400,7 +407,8 @@ def restore(paths: LabPaths, name: str, settings: Settings) -> dict:
     with stage(f"restore {name}: revert disk + memory (virsh snapshot-revert)",
               hint=f"virsh -c {hostrun.LIBVIRT_URI} snapshot-info {domain(paths)} {name}"):
         _virsh("snapshot-revert", domain(paths), name, "--running")
-    return recover(paths, f"restore {name}", settings)
+    from .workshop import BASE_SNAPSHOT
+    return recover(paths, f"restore {name}", settings, served=name != BASE_SNAPSHOT)
 
 
 def forget(paths: LabPaths, name: str) -> int:

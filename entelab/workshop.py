@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shlex
 import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -450,10 +451,14 @@ STEPS: tuple[Step, ...] = (
     Step("docker_network", "The ente.lan Docker network", "Docker network",
          _section("Docker network"), check_docker_network,
          "docker network create --driver=bridge --subnet=... --ip-range=... --gateway=... ente.lan",
-         undo=("docker network rm {network} >/dev/null 2>&1 || true",)),
+         undo=("docker network rm {network} >/dev/null 2>&1 || true",),
+         after=("docker network inspect {network} >/dev/null 2>&1 || docker network create "
+                "--driver=bridge --subnet={subnet} --ip-range={ip_range} --gateway={gateway} {network}",)),
     Step("directories", "The compose and data directories", "Create directories",
          lambda e: e.service == "ente" and e.kind in ("dir", "datadir"), check_directories,
-         "mkdir -p /usr/local/docker-ente; mkdir -p /opt/dockerfiles/ente/{cli-data,...}"),
+         "mkdir -p /usr/local/docker-ente; mkdir -p /opt/dockerfiles/ente/{cli-data,...}",
+         # the empty ones only (deepest first): a lab's data stays
+         undo=("for d in {dirs}; do rmdir \"$d\" 2>/dev/null; done; true",)),
     Step("web_image", "Dockerfile.auth for the web app image",
          "Cloning the git repository and preparing the web app image",
          _section("Cloning the git repository and preparing the web app image"), check_web_image,
@@ -607,7 +612,7 @@ def plan_for(rendered: list[tuple[Entry, bytes]], done: Iterable[str], settings:
             out.texts[entry.path] = b""
         new.sha256 = _sha(out.texts[entry.path]) if new.kind != "absent" else _sha(b"absent")
         out.entries.append(new)
-    fmt = {"network": settings.docker.network, "smtp_user": settings.smtp.username}
+    fmt = command_fields(settings, rendered)
     forced = set()
     for step in STEPS:
         if step.name in done:
@@ -618,6 +623,16 @@ def plan_for(rendered: list[tuple[Entry, bytes]], done: Iterable[str], settings:
             out.undo += [c.format(**fmt) for c in step.undo]
     out.force = frozenset(forced)
     return out
+
+
+def command_fields(settings: Settings, rendered: list[tuple[Entry, bytes]]) -> dict[str, str]:
+    """What the steps' undo/after commands name: the settings' values (grammar-checked)
+    and the lab's directories, deepest first, shell-quoted."""
+    d = settings.docker
+    dirs = sorted((e.path for e, _ in rendered if BY_NAME["directories"].owns(e)),
+                  key=lambda p: (-p.count("/"), p))
+    return {"network": d.network, "subnet": d.subnet, "ip_range": d.ip_range, "gateway": d.gateway,
+            "smtp_user": settings.smtp.username, "dirs": " ".join(shlex.quote(p) for p in dirs)}
 
 
 def steps_before(name: str) -> list[str]:
@@ -742,9 +757,16 @@ FACTS_PROGRAM = textwrap.dedent(r'''
     rc, txt = later["apache"].result()
     out["apache_configtest"] = {"ok": rc == 0, "output": txt[-2000:]}
     pool.shutdown()
+    class Loopback(http.client.HTTPSConnection):
+        # Apache on this machine for the name (SNI, Host), whatever the resolver says: the
+        # article's server has public DNS; the lab's names resolve only from the name
+        # mapping step on, and "Running the server" comes before it
+        def connect(self):
+            raw = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+            self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
     def https(host, path, method="GET", headers=None):
         try:
-            c = http.client.HTTPSConnection(host, 443, context=ctx(), timeout=15)
+            c = Loopback(host, 443, context=ctx(), timeout=15)
             c.request(method, path, headers=headers or {})
             r = c.getresponse()
             body = r.read().decode(errors="replace")[:2000]

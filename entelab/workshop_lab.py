@@ -98,7 +98,8 @@ def make_base(guest: Guest, paths: LabPaths, settings: Settings) -> None:
 def start(paths: LabPaths, settings: Settings, step: str, guest_factory) -> None:
     """Bring the lab to the start of STEP: every earlier step done, STEP onward left to do."""
     workshop.get(step)
-    if workshop.BASE_SNAPSHOT in snapshot.names(paths):
+    restored = workshop.BASE_SNAPSHOT in snapshot.names(paths)
+    if restored:
         snapshot.restore(paths, workshop.BASE_SNAPSHOT, settings)
     else:
         warn(f"no {workshop.BASE_SNAPSHOT} snapshot (./labctl lab.up --workshop takes it): the "
@@ -106,6 +107,8 @@ def start(paths: LabPaths, settings: Settings, step: str, guest_factory) -> None
              "stack's data stay as they are")
     render_lab(paths, settings, quiet=True)
     guest = guest_factory()
+    if restored:
+        guest.close()        # an SSH connection older than the restore was reset by it: a new one
     plan = workshop.plan_for(rendered_pairs(paths), workshop.steps_before(step), settings)
     apply_plan(guest, paths, plan, f"every step before {step} done, {step} onward left to do")
     _state_file(paths).write_text(json.dumps({"step": step}))
@@ -121,7 +124,7 @@ def solve(paths: LabPaths, settings: Settings, step: str, guest: Guest) -> None:
     render_lab(paths, settings, quiet=True)
     pairs = rendered_pairs(paths)
     entries = [e for e, _ in pairs if s.owns(e) or s.force(e)]
-    fmt = {"network": settings.docker.network, "smtp_user": settings.smtp.username}
+    fmt = workshop.command_fields(settings, pairs)
     plan = workshop.Plan(entries=entries, texts={e.path: d for e, d in pairs if e in entries},
                          force=frozenset(e.path for e in entries if s.force(e)),
                          after=[c.format(**fmt) for c in s.after])

@@ -123,7 +123,11 @@ def test_every_step_done_is_the_lab_itself(lab):
     assert [dataclasses.asdict(e) for e in plan.entries] == [dataclasses.asdict(e) for e, _ in rendered]
     assert plan.texts == {e.path: d for e, d in rendered}
     assert plan.undo == [] and plan.force == frozenset({workshop.USERS_CONF})
-    assert plan.after == ["/etc/rc.d/rc.ente status >/dev/null 2>&1 || /etc/rc.d/rc.ente start"]
+    d = settings.docker
+    assert plan.after == [
+        f"docker network inspect {d.network} >/dev/null 2>&1 || docker network create --driver=bridge "
+        f"--subnet={d.subnet} --ip-range={d.ip_range} --gateway={d.gateway} {d.network}",
+        "/etc/rc.d/rc.ente status >/dev/null 2>&1 || /etc/rc.d/rc.ente start"]
 
 
 def test_start_of_the_postfix_step(lab, tmp_path):
@@ -171,8 +175,12 @@ def test_start_of_the_first_step_leaves_only_plumbing(lab):
     assert kinds["/usr/local/docker-ente/docker-compose.yml"] == "absent"
     assert "/opt/dockerfiles/ente" not in kinds                     # directories: left alone
     assert plan.texts["/etc/hosts"] == workshop.EMPTY_BLOCK.encode()
+    dirs = [e.path for e, _ in rendered if e.service == "ente" and e.kind in ("dir", "datadir")]
+    deepest_first = sorted(dirs, key=lambda p: (-p.count("/"), p))
+    assert "/opt/dockerfiles/ente" in dirs and len(dirs) > 2
     assert plan.undo == ["id -u verification >/dev/null 2>&1 && userdel -r verification >/dev/null 2>&1; true",
                          "/etc/rc.d/rc.ente stop >/dev/null 2>&1 || true",
+                         f"for d in {' '.join(deepest_first)}; do rmdir \"$d\" 2>/dev/null; done; true",
                          "docker network rm ente.lan >/dev/null 2>&1 || true"]
     assert plan.force == frozenset()
 
