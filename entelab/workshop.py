@@ -472,7 +472,10 @@ STEPS: tuple[Step, ...] = (
          check_compose_files, "the four files in /usr/local/docker-ente; docker-compose config -q"),
     Step("run_server", "Start the stack", "Running the server", lambda e: False, check_run_server,
          "cd /usr/local/docker-ente; docker-compose up -d; curl https://ente.<domain>/ping",
-         undo=("/etc/rc.d/rc.ente stop >/dev/null 2>&1 || true",),
+         # docker-compose down without the compose files (the converge before the undo
+         # commands removed them): the project's containers by label; the data stays
+         undo=("docker ps -aq --filter label=com.docker.compose.project={project} | "
+               "xargs -r docker rm -f >/dev/null 2>&1; true",),
          after=("/etc/rc.d/rc.ente status >/dev/null 2>&1 || /etc/rc.d/rc.ente start",)),
     Step("administering", "Sign up, find your id, make it an admin", "Administering the server",
          lambda e: False, check_administering,
@@ -628,11 +631,13 @@ def plan_for(rendered: list[tuple[Entry, bytes]], done: Iterable[str], settings:
 def command_fields(settings: Settings, rendered: list[tuple[Entry, bytes]]) -> dict[str, str]:
     """What the steps' undo/after commands name: the settings' values (grammar-checked)
     and the lab's directories, deepest first, shell-quoted."""
+    from .stack import PROJECT
     d = settings.docker
     dirs = sorted((e.path for e, _ in rendered if BY_NAME["directories"].owns(e)),
                   key=lambda p: (-p.count("/"), p))
     return {"network": d.network, "subnet": d.subnet, "ip_range": d.ip_range, "gateway": d.gateway,
-            "smtp_user": settings.smtp.username, "dirs": " ".join(shlex.quote(p) for p in dirs)}
+            "smtp_user": settings.smtp.username, "dirs": " ".join(shlex.quote(p) for p in dirs),
+            "project": PROJECT}
 
 
 def steps_before(name: str) -> list[str]:

@@ -179,7 +179,8 @@ def test_start_of_the_first_step_leaves_only_plumbing(lab):
     deepest_first = sorted(dirs, key=lambda p: (-p.count("/"), p))
     assert "/opt/dockerfiles/ente" in dirs and len(dirs) > 2
     assert plan.undo == ["id -u verification >/dev/null 2>&1 && userdel -r verification >/dev/null 2>&1; true",
-                         "/etc/rc.d/rc.ente stop >/dev/null 2>&1 || true",
+                         "docker ps -aq --filter label=com.docker.compose.project=ente | "
+                         "xargs -r docker rm -f >/dev/null 2>&1; true",
                          f"for d in {' '.join(deepest_first)}; do rmdir \"$d\" 2>/dev/null; done; true",
                          "docker network rm ente.lan >/dev/null 2>&1 || true"]
     assert plan.force == frozenset()
