@@ -44,8 +44,8 @@ def box(c, force=False):
     body.run(body.build_box, force=force)
 
 
-@task(iterable=["set"], help={**SET_HELP, "workshop": "Stop before the converge: the article's "
-                                                        "assumptions only, certificates, then the "
+@task(iterable=["set"], help={**SET_HELP, "workshop": "Up to the certificates, then every "
+                                                        "article step back to its start, then the "
                                                         "workshop-base snapshot (docs/workshop.md)"})
 def up(c, set=None, workshop=False):
     """Bring the lab up: prepare -> render -> box -> vagrant up -> converge -> certs -> stack -> smoke."""

@@ -32,8 +32,9 @@ def guest(paths: LabPaths) -> Guest:
 
 
 def up(paths: LabPaths, settings: Settings, workshop: bool = False) -> None:
-    """``workshop``: stop before the lab's converge and take the workshop-base snapshot
-    instead (workshop_lab.make_base; docs/workshop.md)."""
+    """``workshop``: after the payload, workshop_lab.make_base instead of the rest (the
+    converge and the certificates, then every step back to its start, then the
+    workshop-base snapshot; docs/workshop.md)."""
     ensure_dirs(paths)
     host.prepare(paths)
     with stage("render"):
