@@ -34,7 +34,7 @@ import yaml
 from rich.table import Table
 from rich.text import Text
 
-from . import payload, vocab
+from . import payload, stack, vocab
 from . import secrets as secrets_mod
 from .errors import TemplateError
 from .progress import info, warn
@@ -175,6 +175,7 @@ def context(settings: Settings, secrets: secrets_mod.Secrets, lab_id: str = "") 
         "s": settings,
         "img": payload.images_for(settings),
         "stack_images": sorted(set(payload.images_for(settings).values())),
+        "stack_services": stack.SERVICES,
         "archive": payload.GUEST_ARCHIVE,
         "builds": payload.builds_web_images(settings),
         "secrets": secrets,

@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from rich.markup import escape
 from rich.table import Table
 
 from . import payload
@@ -156,10 +157,11 @@ def smoke(guest: Guest, settings: Settings) -> None:
         console.print(checks)
 
 
-def _proxied(guest: Guest, host: str, path: str, want: str, timeout: float = 60) -> str:
+def proxied(guest: Guest, host: str, path: str, want: str, timeout: float = 60) -> tuple[bool, str]:
     """One proxy-path check, retried only while Apache answers 502/503/504 (the backend's
-    first seconds after a start); any other answer is final. The last answer is what the
-    table shows."""
+    first seconds after a start: a container without a health check counts as up when
+    its process runs, before it listens); any other answer is final. Returns (ok, the
+    last answer)."""
     from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
     @retry(retry=retry_if_result(lambda r: r[0] == "retry"), stop=stop_after_delay(timeout),
@@ -169,12 +171,18 @@ def _proxied(guest: Guest, host: str, path: str, want: str, timeout: float = 60)
         try:
             r = https_get(guest, host, path)
         except LabError as exc:
-            return "", f"[red]{exc.message}[/]"
+            return "", exc.message
         if r["status"] == 200 and want in r["body"]:
             return "ok", "200 ok"
-        return ("retry" if r["status"] in (502, 503, 504) else ""), f"[red]{r['status']} {r['body'][:60]!r}[/]"
+        return ("retry" if r["status"] in (502, 503, 504) else ""), f"{r['status']} {r['body'][:60]!r}"
 
-    return attempt()[1]
+    state, text = attempt()
+    return state == "ok", text
+
+
+def _proxied(guest: Guest, host: str, path: str, want: str, timeout: float = 60) -> str:
+    ok, text = proxied(guest, host, path, want, timeout)
+    return text if ok else f"[red]{escape(text)}[/]"
 
 
 def payload_in_guest(guest: Guest) -> str:

@@ -16,9 +16,9 @@ Guest side of each step (all through the one guest runner):
 - apply, ``--naive``: the stack stopped, converge, ``rc.ente start``
   bounded in time (docker-compose waits for a PostgreSQL that never gets healthy): its
   failure is recorded and the verify suite says what is wrong;
-- rollback: snapshot restored (snapshot.restore: clock, services, root republished),
-  build/ re-rendered from the old settings, the root republished again from the
-  restored guest (certs.publish_root), the stack's health looked at.
+- rollback: snapshot restored (snapshot.restore: clock, services, the root republished
+  from the restored guest, TLS verified from the host), build/ re-rendered from the old
+  settings, the stack's health looked at.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import admin, certs, converge, snapshot, stack, verify
+from . import admin, converge, snapshot, stack, verify
 from . import upgrade as up
 from .errors import GuestCommandError, LabError, StageFailed
 from .guest import Guest
@@ -223,11 +223,10 @@ class LabSteps:
     def rollback(self) -> str:
         start = time.monotonic()
         self.guest.close()
-        snapshot.restore(self.paths, self.name, self.old)
+        snapshot.restore(self.paths, self.name, self.old)      # republishes the root itself
         render_lab(self.paths, self.old, quiet=True)
         from . import lab
         self.guest = lab.guest(self.paths)
-        certs.publish_root(self.guest, self.paths)
         took = time.monotonic() - start
         left = stack.problems(stack.containers(self.guest))
         health = "stack healthy" if not left else "stack: " + "; ".join(left)

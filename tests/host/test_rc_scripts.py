@@ -580,3 +580,53 @@ def test_rc_m_refuses_to_run_without_its_service_list(tmp_path: Path):
     r = subprocess.run([str(d / "rc.M"), "start"], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "no services listed" in r.stderr
     assert not (tmp_path / "calls.log").exists(), "nothing was started"
+
+
+# ------------------------------------------------------------------ rc.ente status: the docker CLI
+FAKE_DOCKER = """#!/bin/sh
+# a docker CLI that answers 'info' and 'ps' from $FAKE_RUNNING, and logs every call
+echo "docker $*" >> "$FAKE_LOG"
+case "$1" in
+info) exit 0 ;;
+ps) printf '%s\\n' $FAKE_RUNNING ;;
+*) exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("running, want_rc, want", [
+    ("ente-museum ente-socat ente-postgres ente-minio ente-auth-web ente-cli", 0, "running (6 containers)"),
+    ("ente-museum ente-socat ente-minio ente-auth-web ente-cli", 3, "down: ente-postgres"),
+])
+def test_rc_ente_status_asks_docker_ps_not_compose(tmp_path, running, want_rc, want):
+    """With STACK_SERVICES in stack.conf, status is one ``docker ps`` (no docker-compose
+    start-up: seconds each under TCG); the one-shot provisioner may have exited."""
+    from entelab import stack
+    (tmp_path / "docker").write_text(FAKE_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    (tmp_path / "compose").write_text('#!/bin/sh\necho "compose $*" >> "$FAKE_LOG"; exit 1\n')
+    (tmp_path / "compose").chmod(0o755)
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    conf = tmp_path / "stack.conf"
+    conf.write_text(f"COMPOSE_DIR={tmp_path}\nSTACK_SERVICES='{' '.join(stack.SERVICES)}'\n")
+    log = tmp_path / "calls.log"
+    r = rc("rc.ente", "status", {"STACK_CONF": str(conf), "DOCKER_CLI": str(tmp_path / "docker"),
+                                 "COMPOSE": str(tmp_path / "compose"), "FAKE_RUNNING": running,
+                                 "FAKE_LOG": str(log)})
+    assert r.returncode == want_rc, r
+    assert want in r.stdout + r.stderr
+    calls = log.read_text().splitlines()
+    assert not [c for c in calls if c.startswith("compose")], calls
+    ps = [c for c in calls if c.startswith("docker ps")]
+    assert len(ps) == 1 and "label=com.docker.compose.project=ente" in ps[0] and "status=running" in ps[0]
+    assert len(calls) == 1, calls                    # nothing else: no 'docker info' first
+
+
+def test_rc_ente_status_says_dockerd_is_down(tmp_path):
+    (tmp_path / "docker").write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2; exit 1\n")
+    (tmp_path / "docker").chmod(0o755)
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    conf = tmp_path / "stack.conf"
+    conf.write_text(f"COMPOSE_DIR={tmp_path}\nSTACK_SERVICES='ente-museum ente-postgres'\n")
+    r = rc("rc.ente", "status", {"STACK_CONF": str(conf), "DOCKER_CLI": str(tmp_path / "docker")})
+    assert r.returncode == 3 and "dockerd is down" in r.stdout + r.stderr, r

@@ -130,3 +130,37 @@ def test_the_smoke_check_retries_only_while_apache_has_no_backend(monkeypatch, a
     monkeypatch.setattr(tenacity.nap, "sleep", lambda s: None)
     assert shown in stack._proxied(object(), "web.lab", "/", "<html")
     assert len(seen) == calls
+
+
+@pytest.mark.parametrize("web_answers, ok", [
+    ([(502, "Bad Gateway"), (200, "<html>app")], True),     # the web app's first seconds: waited for
+    ([(404, "Not Found")], False),                           # final at once, with what Apache said
+])
+def test_the_verify_proxy_check_waits_only_for_a_starting_backend(monkeypatch, web_answers, ok):
+    """lab.upgrade's proxy check right after a re-created stack: a container without a
+    health check counts as up before it listens, so Apache's 502 is retried."""
+    from pathlib import Path
+
+    from entelab import certs, snapshot, verify
+    from entelab.settings import load_settings
+    settings = load_settings(ROOT, [], local_file=ROOT / "tests" / "no-such-settings.yaml")[0]
+    web = []
+
+    def fake_get(guest, host, path):
+        if host == settings.web_host:
+            web.append(path)
+            status, body = web_answers[min(len(web), len(web_answers)) - 1]
+            return {"status": status, "body": body}
+        return {"status": 200, "body": '{"message": "pong"}'}
+
+    monkeypatch.setattr(stack, "https_get", fake_get)
+    monkeypatch.setattr(certs, "publish_root", lambda guest, paths: (Path("/root.pem"), False))
+    monkeypatch.setattr(snapshot, "address", lambda guest: "192.0.2.1")
+    monkeypatch.setattr(snapshot, "host_tls_serial", lambda *a, **k: "AB12")
+    import tenacity
+    monkeypatch.setattr(tenacity.nap, "sleep", lambda s: None)
+    check = verify.timed("proxy", lambda: verify.check_proxy(object(), None, settings))
+    assert check.ok is ok, check
+    assert len(web) == len(web_answers)
+    if not ok:
+        assert f"https://{settings.web_host}/: 404" in check.detail

@@ -182,3 +182,15 @@ def test_minio_provision_script(rendered):
     assert res.returncode == 0, res.stderr
     res = subprocess.run([need("shellcheck"), "-s", "sh", str(path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout
+
+
+def test_stack_conf_lists_the_compose_services_rc_ente_status_asks_for(rendered):
+    """rc.ente status asks ``docker ps`` for STACK_SERVICES: the compose file's services,
+    one list (stack.SERVICES), read by the shell as the words it wrote."""
+    from entelab import stack
+    compose = yaml.safe_load(rendered.text(f"{D}/docker-compose.yml"))
+    assert sorted(compose["services"]) == sorted(stack.SERVICES)
+    conf = rendered.root / "etc/ente-lab/stack.conf"
+    out = subprocess.run(["sh", "-c", '. "$1" && printf "%s\\n" $STACK_SERVICES', "sh", str(conf)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == list(stack.SERVICES)

@@ -165,27 +165,55 @@ def fresh(settings, what: str) -> str:
     return f"w-{what}-{uuid.uuid4().hex[:8]}@{settings.domain}"
 
 
-def test_dashed_env_names_ignore_the_hardcoded_code(guest, paths, settings, tmp_path, pristine):
-    """Issue 13's pitfall in the VM: the article's dashed ENTE_ name for the hard-coded entry
-    is ignored (a code is asked for, the fixed code is refused), the underscored name works."""
+def test_dashed_env_names_and_healthcheck_echo_then_the_fix(guest, paths, settings, tmp_path, pristine):
+    """Two of Museum's pitfalls on one re-created Museum (each switch re-creates it: one
+    converge instead of two), then the fix of both on a second one.
+
+    Dashed ``ENTE_`` names (issue 13): the article's dashed name for the hard-coded entry
+    is ignored (a code is asked for, the fixed code is refused); with underscores (the
+    lab's names) the same code verifies.
+    The healthcheck ``echo 1``: "healthy" while Museum cannot answer (PostgreSQL
+    stopped); the lab's check asks ``/ping``, so the same outage fails it at once (Museum
+    turns "unhealthy" after 12 failures in a row, retries: 12, interval: 10s; the failing
+    streak shows it sooner)."""
     code = "246810"
-    with back_to_pristine_on_failure(pristine, always=True):   # the lab's own .env back in seconds
+    health = "docker inspect --format '{{.State.Health.Status}}' ente-museum"
+    test = "docker inspect --format '{{json .Config.Healthcheck.Test}}' ente-museum"
+    streak = "docker inspect --format '{{.State.Health.FailingStreak}}' ente-museum"
+    with back_to_pristine_on_failure(pristine, always=True):   # the lab's own files back in seconds
         dashed = fresh(settings, "dashed")
         converge_with(guest, paths, tmp_path / "on",
-                      ["pitfalls.dashed_env_names=true", f'ott=["{dashed},{code}"]'])
+                      ["pitfalls.dashed_env_names=true", "pitfalls.healthcheck_echo=true",
+                       f'ott=["{dashed},{code}"]'])
         stack.wait_healthy(guest, timeout=300)
+        # dashed names: silently ignored
         env = guest.run("docker exec ente-museum env").stdout
         assert "ENTE_INTERNAL_HARDCODED-OTT_EMAILS=" in env, env           # the article's name
         assert post(guest, settings, "/users/ott", {"email": dashed, "purpose": "signup"})["status"] == 200
         log = guest.run("docker logs --since 2m ente-museum 2>&1").stdout
         assert "returning hardcoded ott" not in log.lower()                 # silently ignored
         assert post(guest, settings, "/users/verify-email", {"email": dashed, "ott": code})["status"] == 401
-        # the fix: underscores (the lab's names), the same code
+        # echo 1: healthy while Museum cannot answer
+        assert json.loads(guest.run(test).stdout) == ["CMD", "echo", "1"]
+        guest.run("docker stop ente-postgres")
+        time.sleep(25)                                                  # two health intervals
+        assert probes.https_get(guest, settings.api_host, "/ping")["status"] != 200   # Museum cannot answer
+        assert guest.run(health).stdout.strip() == "healthy"            # the check waits for nothing
+
+        # the fix of both: the lab's names and compose file, the same code (PostgreSQL
+        # started again first: converge reloads only a running stack)
+        guest.run("docker start ente-postgres")
         fixed = fresh(settings, "fixed")
         converge_with(guest, paths, tmp_path / "off", [f'ott=["{fixed},{code}"]'])
         stack.wait_healthy(guest, timeout=300)
         assert post(guest, settings, "/users/ott", {"email": fixed, "purpose": "signup"})["status"] == 200
         assert post(guest, settings, "/users/verify-email", {"email": fixed, "ott": code})["status"] == 200
+        assert "/ping" in guest.run(test).stdout
+        guest.run("docker stop ente-postgres")
+        deadline = time.monotonic() + 60
+        while int(guest.run(streak).stdout.strip() or 0) < 2 and time.monotonic() < deadline:
+            time.sleep(5)
+        assert int(guest.run(streak).stdout.strip()) >= 2
 
 
 def test_missing_sudoers_renewal_keeps_the_old_certificate(guest, paths, settings, tmp_path, pristine):
@@ -267,32 +295,6 @@ def test_sasl_wrong_dir_refuses_the_right_password(guest, paths, settings, lab_s
         converge.converge(guest, paths)
         r = probes.smtp_session(guest, settings.mail_host, user=user, password=password)
         assert r["login"][0] == 235, r
-
-
-def test_healthcheck_echo_is_healthy_while_museum_cannot_answer(guest, paths, settings, tmp_path, pristine):
-    health = "docker inspect --format '{{.State.Health.Status}}' ente-museum"
-    test = "docker inspect --format '{{json .Config.Healthcheck.Test}}' ente-museum"
-    with back_to_pristine_on_failure(pristine, always=True):         # postgres is stopped below
-        converge_with(guest, paths, tmp_path, ["pitfalls.healthcheck_echo=true"])
-        stack.wait_healthy(guest, timeout=300)
-        assert json.loads(guest.run(test).stdout) == ["CMD", "echo", "1"]
-        guest.run("docker stop ente-postgres")
-        time.sleep(25)                                                  # two health intervals
-        assert probes.https_get(guest, settings.api_host, "/ping")["status"] != 200   # Museum cannot answer
-        assert guest.run(health).stdout.strip() == "healthy"            # the check waits for nothing
-    # the fix is the lab's own compose file (the pristine lab): the check asks /ping, so the
-    # same outage fails it at once (Museum turns "unhealthy" after 12 failures in a row,
-    # retries: 12, interval: 10s; the failing streak shows it sooner)
-    assert "/ping" in guest.run(test).stdout
-    streak = "docker inspect --format '{{.State.Health.FailingStreak}}' ente-museum"
-    try:
-        guest.run("docker stop ente-postgres")
-        deadline = time.monotonic() + 60
-        while int(guest.run(streak).stdout.strip() or 0) < 2 and time.monotonic() < deadline:
-            time.sleep(5)
-        assert int(guest.run(streak).stdout.strip()) >= 2
-    finally:
-        pristine.restore()
 
 
 def test_compose_missing_quote_is_refused_and_the_live_file_kept(guest, paths, settings, tmp_path, pristine):
