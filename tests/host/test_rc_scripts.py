@@ -535,6 +535,9 @@ def test_rc_pebble_lifecycle(pubtmp: Path):
         assert env["PEBBLE_LISTEN"] in cfg and '"httpPort": 80' in cfg
         m1 = dict(line.split("=", 1) for line in marker.read_text().split())
         assert m1["pid"] == str(pid) and int(m1["started"]) > 0
+        # pebble reuses every valid authorization (a renewal is order + finalize, as with LE)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"PEBBLE_AUTHZREUSE=100" in environ and b"PEBBLE_VA_NOSLEEP=1" in environ
         # the ACME directory answers with pebble's TLS CA (what dehydrated's CURL_OPTS uses)
         ctx = ssl.create_default_context(cafile=str(lab / "pebble-tls-ca.pem"))
         host, port = env["PEBBLE_LISTEN"].split(":")
