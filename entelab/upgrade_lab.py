@@ -222,11 +222,12 @@ class LabSteps:
 
     def rollback(self) -> str:
         start = time.monotonic()
+        secrets = self.guest.secrets
         self.guest.close()
-        snapshot.restore(self.paths, self.name, self.old)      # republishes the root itself
+        result = snapshot.restore(self.paths, self.name, self.old, keep=True)   # republishes the root
+        self.guest = result["guest"]
+        self.guest.secrets = secrets
         render_lab(self.paths, self.old, quiet=True)
-        from . import lab
-        self.guest = lab.guest(self.paths)
         took = time.monotonic() - start
         left = stack.problems(stack.containers(self.guest))
         health = "stack healthy" if not left else "stack: " + "; ".join(left)
