@@ -802,7 +802,7 @@ def facts_args(settings: Settings, ctx: Context, manifest: Iterable[Entry], pass
             "cafile": "/etc/ente-lab/acme-root.pem", "user": settings.smtp.username,
             "password": password, "user_q": shlex.quote(settings.smtp.username),
             "password_q": shlex.quote(password), "users": [settings.smtp.username],
-            # the checks read dnsmasq's alone; rc.ente status (7 s under TCG) is left out:
+            # the checks read dnsmasq's alone; rc.ente status (about 1 s under TCG) is left out:
             # the containers are inspected directly
             "services": [n for n in vocab.SERVICE_NAMES if n != "ente"],
             "network_q": shlex.quote(settings.docker.network),

@@ -633,3 +633,30 @@ def test_rc_ente_status_says_dockerd_is_down(tmp_path):
     conf.write_text(f"COMPOSE_DIR={tmp_path}\nSTACK_SERVICES='ente-museum ente-postgres'\n")
     r = rc("rc.ente", "status", {"STACK_CONF": str(conf), "DOCKER_CLI": str(tmp_path / "docker")})
     assert r.returncode == 3 and "dockerd is down" in r.stdout + r.stderr, r
+
+
+def test_rc_ente_status_before_the_first_converge_is_4_not_3(tmp_path):
+    """No stack.conf yet (a new VM, a workshop before "Running the server"): LSB's 4, which
+    a restore's service check does not try to start (it printed "restarted: ente" for a
+    stack that had nothing to run)."""
+    r = rc("rc.ente", "status", {"STACK_CONF": str(tmp_path / "missing.conf")})
+    assert r.returncode == 4 and "not configured yet" in r.stdout + r.stderr, r
+
+
+def test_the_restore_service_check_starts_stopped_services_only(tmp_path):
+    """snapshot.SERVICES_UP against stand-in rc scripts: every status at once, a stopped
+    service started once (in rc.M's order), a not-configured one (4) left alone."""
+    from entelab import snapshot
+    rcd = tmp_path / "rc.d"
+    rcd.mkdir()
+    (rcd / "rc.M").write_text("#!/bin/sh\nprintf '%s enabled\\n' up down unconf\nprintf 'off disabled\\n'\n")
+    for name, status in (("up", 0), ("down", 3), ("unconf", 4), ("off", 3)):
+        (rcd / f"rc.{name}").write_text(
+            f"#!/bin/sh\ncase $1 in status) exit {status};; start) echo {name} >> {tmp_path}/started;; esac\n")
+    for f in rcd.iterdir():
+        f.chmod(0o755)
+    script = snapshot.SERVICES_UP.replace("/etc/rc.d/", f"{rcd}/")
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r
+    assert r.stdout.split() == ["restarting", "down"]
+    assert (tmp_path / "started").read_text().split() == ["down"]
