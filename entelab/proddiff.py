@@ -59,7 +59,10 @@ def secret_values(text: str) -> set[str]:
         if not m or not SECRET_NAME.search(m.group(1)):
             continue
         value = m.group(2).split(" #")[0].strip().strip("\"'")
-        if len(value) >= 6 and "${" not in value and not value.startswith("/") \
+        # a path (key_file = /etc/...) is not a secret; a base64 value may start with "/"
+        # too (1 in 64): random-looking, it is one
+        is_path = value.startswith("/") and not _looks_random(value.lstrip("/"))
+        if len(value) >= 6 and "${" not in value and not is_path \
                 and value.lower() not in ("true", "false"):
             out.add(value)
     return out

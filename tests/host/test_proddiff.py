@@ -376,3 +376,19 @@ def test_lab_rendering_is_not_written(tmp_path):
     assert f"{CD}/docker-compose.yml" in lab
     assert f"image: {render.compose_scalar(settings.images.museum)}" in lab[f"{CD}/docker-compose.yml"][1]
     assert render.MANAGED_BEGIN in lab["/etc/hosts"][1]
+
+
+@pytest.mark.parametrize("value", ["/Xk3vQ9+aB7mZ2pL0sT8uW4yE6rN1cF5hJ9dG2kM0qo=",     # base64 that starts with "/"
+                                   "Xk3vQ9+aB7mZ2pL0sT8uW4yE6rN1cF5hJ9dG2kM0qo="])
+def test_a_base64_password_starting_with_a_slash_is_masked_as_a_value(value):
+    """The article-style db_password is base64 (1 in 64 start with "/"): it is learnt as a
+    secret like any other, so its line masks to NAME=<secret> on both sides (it used to be
+    taken for a path, and the whole line became one random-looking token: a flaky diff)."""
+    text = f"ENTE_DB_PASSWORD={value}\nsmtpd_tls_key_file = /etc/dehydrated/certs/darkstar.lan/privkey.pem\n"
+    m = proddiff.Masker()
+    m.learn(text)
+    assert value in m.values
+    assert "/etc/dehydrated/certs/darkstar.lan/privkey.pem" not in m.values      # a path stays a path
+    masked = m(text)
+    assert masked.splitlines() == ["ENTE_DB_PASSWORD=<secret>",
+                                   "smtpd_tls_key_file = /etc/dehydrated/certs/darkstar.lan/privkey.pem"]
