@@ -89,10 +89,17 @@ def corrected_edits(settings) -> list[str]:
 
 def test_an_attendee_types_the_postfix_step(guest, paths, settings, pristine):
     with back_to_pristine_on_failure(pristine):
-        with timed("start postfix"):
-            workshop_lab.start(paths, settings, "postfix", lambda: guest)
+        # the step before first (one start for both): the mail user, then solved
+        with timed("start mail_user"):
+            workshop_lab.start(paths, settings, "mail_user", lambda: guest)
         with timed("check"):
             v = verdicts(guest, paths, settings)
+        assert v["mail_user"].state == workshop.NOT_DONE and "no system user" in v["mail_user"].symptom
+        assert v["postfix"].state == workshop.NOT_DONE, v["postfix"]
+        with timed("solve mail_user"):
+            workshop_lab.solve(paths, settings, "mail_user", guest)
+        v = verdicts(guest, paths, settings)
+        assert v["mail_user"].state == workshop.DONE, v["mail_user"]
         assert v["postfix"].state == workshop.NOT_DONE, v["postfix"]
         assert v["postfix"].section == "Configuring Postfix"
         for name in workshop.steps_before("postfix"):
@@ -139,19 +146,6 @@ def test_an_attendee_types_the_postfix_step(guest, paths, settings, pristine):
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(json.dumps(TIMINGS, indent=1))
     print(f"workshop timings (s): {TIMINGS}")
-
-
-def test_solve_mail_user_creates_the_user_with_the_labs_password(guest, paths, settings, pristine):
-    with back_to_pristine_on_failure(pristine):
-        workshop_lab.start(paths, settings, "mail_user", lambda: guest)
-        v = verdicts(guest, paths, settings)
-        assert v["mail_user"].state == workshop.NOT_DONE and "no system user" in v["mail_user"].symptom
-        assert v["postfix"].state != workshop.DONE
-        with timed("solve mail_user"):
-            workshop_lab.solve(paths, settings, "mail_user", guest)
-        assert verdicts(guest, paths, settings)["mail_user"].state == workshop.DONE
-        workshop_lab.solve(paths, settings, "postfix", guest)
-        assert converge.converge_with(guest, paths).ops == []
 
 
 # ------------------------------------------------------------------ the switches: failure, then the fix
@@ -216,25 +210,6 @@ def test_dashed_env_names_and_healthcheck_echo_then_the_fix(guest, paths, settin
         assert int(guest.run(streak).stdout.strip()) >= 2
 
 
-def test_missing_sudoers_renewal_keeps_the_old_certificate(guest, paths, settings, tmp_path, pristine):
-    from test_renewal import forced, redeploy
-    conf = certs.dehydrated_conf(settings)
-    with back_to_pristine_on_failure(pristine):
-        converge_with(guest, paths, tmp_path, ["pitfalls.missing_sudoers=true"])
-        served = certs.served_serial(guest, settings.api_host, 443)
-        res = forced(guest, settings)
-        assert res.exited != 0 and "check FAILED: postfix check" in res.stdout, res.stdout
-        new = certs.file_serial(guest, conf)
-        assert new != served                                                     # a new certificate ...
-        assert certs.served_serial(guest, settings.api_host, 443) == served       # ... Apache keeps the old
-        # Postfix hides it: a new smtpd process reads the new file without any reload
-        assert certs.served_serial(guest, settings.mail_host, 587, starttls=True) == new
-        converge.converge(guest, paths)                                           # the fix: the rules back
-        res = redeploy(guest, settings)                  # the hook's step of the next renewal
-        assert res.exited == 0 and "reloaded: apache" in res.stdout, res.stdout
-        assert certs.served_serial(guest, settings.api_host, 443) == new
-
-
 def forced_by_a_new_account(guest, settings):
     """A forced issuance by a new ACME account, so that every name is challenged: pebble
     reuses an account's valid authorizations (PEBBLE_AUTHZREUSE, 50 % by default), which
@@ -272,29 +247,54 @@ def test_wellknown_in_location_makes_issuance_fail(guest, paths, settings, tmp_p
         guest.run("rm -f /var/lib/dehydrated/acme-challenges/entelab-probe")
 
 
-def test_tls_encrypt_in_main_cf_makes_port_25_demand_tls(guest, paths, settings, tmp_path, pristine):
-    with back_to_pristine_on_failure(pristine):
-        converge_with(guest, paths, tmp_path, ["pitfalls.tls_encrypt_main_cf=true"])
-        f, _ = workshop_lab.facts(guest, paths, settings)
-        assert f.smtp25["mail_plain"][0] == 530, f.smtp25                 # "Must issue a STARTTLS"
-        assert f.smtp587["auth_before_tls"][0] == 530                     # 587 as the article shows
-        converge.converge(guest, paths)
-        f, _ = workshop_lab.facts(guest, paths, settings)
-        assert f.smtp25["mail_plain"][0] == 250, f.smtp25
+def test_tls_encrypt_sasl_wrong_dir_and_missing_sudoers_then_the_fix(guest, paths, settings, lab_secrets,
+                                                                     tmp_path, pristine):
+    """Three switches that touch Postfix and the renewal hook, on one converge (each
+    alone changed one file and reloaded Postfix: one converge pair instead of three),
+    each symptom shown, then the fix of all three on one converge.
 
-
-def test_sasl_wrong_dir_refuses_the_right_password(guest, paths, settings, lab_secrets, tmp_path, pristine):
+    tls_encrypt_main_cf: port 25 demands STARTTLS of every MTA (530); 587 as the article.
+    sasl_wrong_dir: smtpd.conf where Postfix does not read it: 535 on the right password
+    while saslauthd itself says OK.
+    missing_sudoers: a renewal writes a new certificate, the hook's `sudo -n` checks fail,
+    Apache keeps serving the old one (Postfix hides it: a new smtpd reads the new file)."""
+    from test_renewal import forced, redeploy
+    conf = certs.dehydrated_conf(settings)
     user, password = settings.smtp.username, lab_secrets.sasl_password
     with back_to_pristine_on_failure(pristine):
-        converge_with(guest, paths, tmp_path, ["pitfalls.sasl_wrong_dir=true"])
+        converge_with(guest, paths, tmp_path, ["pitfalls.tls_encrypt_main_cf=true",
+                                               "pitfalls.sasl_wrong_dir=true",
+                                               "pitfalls.missing_sudoers=true"])
+        # missing_sudoers (first: no smtpd on 587 has started since the converge's reload,
+        # so the one this check starts is new and reads the new file)
+        served = certs.served_serial(guest, settings.api_host, 443)
+        res = forced(guest, settings)
+        assert res.exited != 0 and "check FAILED: postfix check" in res.stdout, res.stdout
+        new = certs.file_serial(guest, conf)
+        assert new != served                                                     # a new certificate ...
+        assert certs.served_serial(guest, settings.api_host, 443) == served       # ... Apache keeps the old
+        # Postfix hides it: a new smtpd process reads the new file without any reload
+        assert certs.served_serial(guest, settings.mail_host, 587, starttls=True) == new
+
+        # sasl_wrong_dir
         assert not guest.run("test -L /etc/postfix/sasl/smtpd.conf", check=False).ok
         r = probes.smtp_session(guest, settings.mail_host, user=user, password=password)
         assert r["login"][0] == 535, r
         ok = guest.run(f"testsaslauthd -s smtp -u {user} -p {shlex.quote(password)}", check=False).stdout
         assert ok.strip() == '0: OK "Success."'                           # saslauthd itself says OK
-        converge.converge(guest, paths)
+        # tls_encrypt_main_cf
+        f, _ = workshop_lab.facts(guest, paths, settings)
+        assert f.smtp25["mail_plain"][0] == 530, f.smtp25                 # "Must issue a STARTTLS"
+        assert f.smtp587["auth_before_tls"][0] == 530                     # 587 as the article shows
+
+        converge.converge(guest, paths)                          # the fix of all three: the lab's files
+        res = redeploy(guest, settings)                  # the hook's step of the next renewal
+        assert res.exited == 0 and "reloaded: apache" in res.stdout, res.stdout
+        assert certs.served_serial(guest, settings.api_host, 443) == new
         r = probes.smtp_session(guest, settings.mail_host, user=user, password=password)
         assert r["login"][0] == 235, r
+        f, _ = workshop_lab.facts(guest, paths, settings)
+        assert f.smtp25["mail_plain"][0] == 250, f.smtp25
 
 
 def test_compose_missing_quote_is_refused_and_the_live_file_kept(guest, paths, settings, tmp_path, pristine):
