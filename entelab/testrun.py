@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Callable
 
+from . import box as boxmod
 from . import host, lab, vm
 from .errors import LabError, StageFailed
 from .hostrun import interactive
-from .progress import info, report, stage
+from .progress import console, info, report, stage
 from .settings import Settings
 from .state import LabPaths
 
@@ -40,9 +43,44 @@ def _pytest(paths: LabPaths, marker: str, k: str, tests: str) -> int:
     return interactive(cmd, cwd=paths.root, env=env)
 
 
-def _vm_run(paths: LabPaths, settings: Settings, k: str, keep: bool) -> int:
+class Alongside:
+    """One lab step run in a thread while the host tests run: the box build (mmdebstrap,
+    mkfs, qemu-img, `vagrant box add`: nothing the host tests touch) costs 1.5-5 min,
+    which the host tests' minutes then hide. Its stage lines are held back (rich
+    captures per thread) and printed once the host tests are done, so pytest's output
+    stays whole; its error, if any, is raised then."""
+
+    def __init__(self, what: str, fn: Callable[[], object]) -> None:
+        self.what, self.output = what, ""
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=what, daemon=True)
+        info(f"  {what}: started in the background of the host tests")
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], object]) -> None:
+        with console.capture() as cap:
+            try:
+                fn()
+            except BaseException as exc:   # noqa: BLE001 - handed to the main thread in join()
+                self.error = exc
+        self.output = cap.get()
+
+    def join(self) -> None:
+        if self._thread.is_alive():
+            info(f"  waiting for {self.what} (started beside the host tests)")
+        self._thread.join()
+        console.print(f"[bold]{self.what}, built beside the host tests:[/]")
+        console.out(self.output, end="", highlight=False)
+        if self.error is not None:
+            raise self.error
+
+
+def _vm_run(paths: LabPaths, settings: Settings, k: str, keep: bool,
+            before: Callable[[], None] | None = None) -> int:
     rc = 1
     try:
+        if before is not None:
+            before()                # the box built beside the host tests: its lines, its error
         lab.up(paths, settings)
         with stage("VM tests"):
             rc = _pytest(paths, "vm", k, "tests/vm")
@@ -72,8 +110,11 @@ def run(paths: LabPaths, settings: Settings, which: str = "all", k: str = "",
     if which == "all":
         # host prerequisites first: the host tests validate with the real vagrant
         host.prepare(paths)
+    beside = None
     if which in ("host", "all"):
         host.install_test_tools(paths)
+        if which == "all":
+            beside = Alongside("box image", lambda: boxmod.build(paths, prepare=False))
         try:
             with stage("host tests"):
                 rc_host = _pytest(paths, "not vm", k, "tests")
@@ -86,7 +127,7 @@ def run(paths: LabPaths, settings: Settings, which: str = "all", k: str = "",
         except StageFailed:
             pass                        # reported by stage(); every failure in one run
     if which in ("vm", "all"):
-        rc_vm = _vm_run(paths, settings, k, keep)
+        rc_vm = _vm_run(paths, settings, k, keep, before=beside.join if beside else None)
         if rc_vm == NO_TESTS_COLLECTED and k:
             rc_vm = 0
     return rc_host or rc_vm
