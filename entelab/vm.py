@@ -8,7 +8,10 @@ one line per stage. Every libvirt object carries the lab id: storage pool
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
 import sys
 import time
@@ -134,33 +137,112 @@ def up(paths: LabPaths) -> None:
     ensure_pool(paths)
     _clean_leftovers(paths)
     before = domain_state(paths)
+    if before == "shut off" and _start_as_last_up(paths):
+        return
     name = "vagrant up (boot)" if before in ("not created", "shut off") else "vagrant up"
     with stage(f"{name}: was {before}", log=vagrant_log(paths),
                hint=f"see the serial console log {paths.logs / 'console.log'} and `invoke lab.status`"):
         vagrant(paths, "up", "--provider", "libvirt", "--no-tty", "--no-provision")
     _forget_ssh_config(paths)
+    last_up_file(paths).write_text(json.dumps({"inputs": up_inputs(paths)}) + "\n")
+
+
+# ------------------------------------------------------------------ boot of a halted VM without Vagrant
+# `vagrant up` of a halted VM spends about 30 s of its 41 s in Ruby, the plugin's checks
+# and its SSH round trips before and after the boot (docs/benchmarks.md). When nothing
+# Vagrant reads has changed since the last `vagrant up` (so it would define the same
+# domain and network), the boot is a `virsh start` and a wait for SSH at the address the
+# libvirt lease gives; anything changed (memory, cpus, acceleration, the Vagrantfile) goes
+# through `vagrant up`, which applies it.
+BOOT_TIMEOUT = 300
+
+
+def last_up_file(p: LabPaths) -> Path:
+    return p.run / "vagrant-up.json"
+
+
+def up_inputs(p: LabPaths) -> str:
+    """A digest of what `vagrant up` reads: the Vagrantfile, build/vagrant.json, the
+    acceleration choice (ENTE_LAB_ACCEL, the probed one)."""
+    h = hashlib.sha256()
+    for f in (p.root / "Vagrantfile", p.vagrant_json, p.home / "accel"):
+        h.update(f.read_bytes() if f.exists() else b"-")
+        h.update(b"\0")
+    h.update(os.environ.get("ENTE_LAB_ACCEL", "").encode())
+    return h.hexdigest()
+
+
+def _start_as_last_up(p: LabPaths) -> bool:
+    try:
+        last = json.loads(last_up_file(p).read_text()).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if last != up_inputs(p) or not ssh_config_cache(p).exists():
+        return False
+    net, dom = network_name(p), domain_name(p)
+    with stage("boot: virsh start (nothing Vagrant reads changed since its last `vagrant up`)",
+               hint=f"see the serial console log {p.logs / 'console.log'}; `virsh -c qemu:///system "
+                    f"dominfo {dom}`; delete {last_up_file(p)} to boot through `vagrant up`"):
+        if re.search(r"^Active:\s+no\b", virsh("net-info", net).stdout, re.M):
+            virsh("net-start", net, check=True)
+        virsh("start", dom, check=True)
+        _wait_for_ssh(p)
+    return True
+
+
+def lease_address(p: LabPaths) -> str:
+    """The VM's IPv4 address from the lab network's DHCP lease ('' while it has none)."""
+    out = virsh("domifaddr", domain_name(p), "--source", "lease").stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] == "ipv4":
+            return parts[3].split("/", 1)[0]
+    return ""
+
+
+def _wait_for_ssh(p: LabPaths) -> None:
+    """SSH with the cached key and user, at the lease's address once there is one."""
+    from .guest import Guest
+    cache = ssh_config_cache(p)
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        addr = lease_address(p)
+        data = json.loads(cache.read_text())
+        if addr and addr != data["host"]:
+            info(f"  new lease: {data['host']} -> {addr}")
+            data["host"] = addr
+            cache.write_text(json.dumps(data) + "\n")
+        if addr:
+            try:
+                with Guest.connect(p, timeout=5) as g:
+                    g.run("hostname", sudo=False, timeout=10)
+                info(f"  SSH answers at {addr}")
+                return
+            except Exception as exc:  # noqa: BLE001 - retried until the deadline, reported below
+                last = exc
+        time.sleep(1)
+    raise StageFailed(f"the VM does not answer SSH {BOOT_TIMEOUT} s after `virsh start` ({last})",
+                      hint=f"see the serial console log {p.logs / 'console.log'}")
 
 
 def down(paths: LabPaths) -> None:
-    with stage("vagrant halt", log=vagrant_log(paths)):
+    with stage("halt", log=vagrant_log(paths)):
         if not libvirt_up():
             info("  libvirt is not running (`invoke host.prepare` starts it): nothing to halt")
             return
         if domain_state(paths) != "running":
             info(f"  already {domain_state(paths)}")
             return
-        vagrant(paths, "halt")
-        if domain_state(paths) != "shut off":
-            _halt_through_libvirt(paths)
-    _forget_ssh_config(paths)
+        _halt_through_libvirt(paths)
 
 
 def _halt_through_libvirt(paths: LabPaths, timeout: float = 240) -> None:
-    """`vagrant halt` returned with the domain still running: Vagrant did not see the
-    machine (state "inaccessible": no DHCP lease it can find). Shut it down through
-    libvirt (ACPI, so rc.M stops every service), and power it off only as a last resort."""
-    warn(f"vagrant halt left {domain_name(paths)} {domain_state(paths)} (vagrant status: the VM's "
-         "DHCP lease is gone); shutting it down through libvirt (ACPI)")
+    """Shut the VM down through libvirt: ACPI, so systemd stops rc-slackware.service and
+    rc.M stops every service, as `vagrant halt` would, without Vagrant's 15-20 s of Ruby
+    start-up and checks (and without its need for a DHCP lease it can find). Powered off
+    only as a last resort. The SSH settings stay cached for the next boot's `virsh start`."""
+    info(f"  ACPI shutdown of {domain_name(paths)} (rc.M stops the services)")
     virsh("shutdown", domain_name(paths))
     deadline = time.monotonic() + timeout
     while domain_state(paths) != "shut off" and time.monotonic() < deadline:
