@@ -1,16 +1,18 @@
 """Workshop mode in the VM (issue 17): an attendee types the Postfix step, and each
 pitfall switch of issue 17 shows its failure, then the fix.
 
-The Postfix step: ``lab.workshop.start postfix`` (here from the converged lab: the VM
+The Postfix step: ``lab.workshop.start mail_user`` (here from the converged lab: the VM
 tests bring the lab up plainly, so there is no workshop-base and start takes the
-fallback path), the corrected edits typed as an attendee would (postconf -e, postconf
+fallback path), the mail user not done, then solved (the step before Postfix), the
+corrected edits typed as an attendee would (postconf -e, postconf
 -M/-P for master.cf, the hook's two sudo lines, the sudoers files): check goes from
 "not done" to "done"; the article's literal main.cf lines give "works, with pitfall
 tls_encrypt_main_cf"; AUTH without TLS is "wrong" with its symptom; reset returns to
 the step; solve completes it. Durations are written to <state dir>/logs/
 workshop-timings.json for docs/workshop.md's table.
 
-The switches: each converges a variant of the settings into a scratch build dir (as
+The switches: each (or a group that touches different files: one converge for all)
+converges a variant of the settings into a scratch build dir (as
 tests/vm/test_browser_vm.py does), shows the symptom, then converges the lab's own
 settings back (the fix) and shows it gone; the pristine snapshot is restored only when
 a test fails half-way (or changed what a converge does not give back).
