@@ -180,10 +180,13 @@ def _start_as_last_up(p: LabPaths) -> bool:
     if last != up_inputs(p) or not ssh_config_cache(p).exists():
         return False
     net, dom = network_name(p), domain_name(p)
+    net_info = virsh("net-info", net)
+    if not net_info.ok:
+        return False                    # the lab network is gone: `vagrant up` defines it again
     with stage("boot: virsh start (nothing Vagrant reads changed since its last `vagrant up`)",
                hint=f"see the serial console log {p.logs / 'console.log'}; `virsh -c qemu:///system "
                     f"dominfo {dom}`; delete {last_up_file(p)} to boot through `vagrant up`"):
-        if re.search(r"^Active:\s+no\b", virsh("net-info", net).stdout, re.M):
+        if re.search(r"^Active:\s+no\b", net_info.stdout, re.M):
             virsh("net-start", net, check=True)
         virsh("start", dom, check=True)
         _wait_for_ssh(p)
