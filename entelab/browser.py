@@ -178,22 +178,35 @@ def refusing_port() -> socket.socket:
 
 
 def make_nssdb(home: Path, root_ca_pem: str | bytes) -> Path:
-    """``home/.pki/nssdb`` (what Chromium on Linux reads) trusting only ``root_ca_pem`` (C,,)."""
+    """``home/.pki/nssdb`` (what Chromium on Linux reads) trusting only the roots in
+    ``root_ca_pem`` (C,,): the lab's bundle is pebble's current root, then any retired root
+    a served certificate still chains to (rc.pebble), each imported under its own name."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     certutil = shutil.which("certutil")
     if not certutil:
         raise BrowserError("certutil not found (it makes the browser's throw-away NSS database)",
                            hint="apt-get install libnss3-tools (the test command installs it)")
+    pem = root_ca_pem.encode() if isinstance(root_ca_pem, str) else root_ca_pem
+    try:
+        roots = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise BrowserError(f"the lab's root bundle holds no PEM certificate: {exc}",
+                           hint="./labctl lab.certs publishes it again") from exc
     db = home / ".pki" / "nssdb"
     db.mkdir(parents=True, mode=0o700)
-    pem = root_ca_pem.encode() if isinstance(root_ca_pem, str) else root_ca_pem
-    (home / "lab-root.pem").write_bytes(pem)
-    for cmd in ([certutil, "-N", "-d", f"sql:{db}", "--empty-password"],
-                [certutil, "-A", "-d", f"sql:{db}", "-n", "ente-lab root", "-t", "C,,",
-                 "-i", str(home / "lab-root.pem")]):
+    cmds = [[certutil, "-N", "-d", f"sql:{db}", "--empty-password"]]
+    for i, root in enumerate(roots):
+        f = home / f"lab-root-{i}.pem"
+        f.write_bytes(root.public_bytes(Encoding.PEM))
+        cmds.append([certutil, "-A", "-d", f"sql:{db}", "-n", f"ente-lab root {i}", "-t", "C,,",
+                     "-i", str(f)])
+    for cmd in cmds:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise BrowserError(f"`{' '.join(cmd)}` exited {proc.returncode}: {proc.stderr.strip()}",
-                               hint="the root must be one PEM certificate (the lab's root CA)")
+                               hint="the roots must be PEM certificates (the lab's root CA bundle)")
     return db
 
 

@@ -25,11 +25,33 @@ def env(tmp_path):
     log = tmp_path / "calls"
     (bindir / "sudo").write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n")
     (bindir / "sudo").chmod(0o755)
+    (bindir / "rc.pebble").write_text(f"#!/bin/sh\necho \"rc.pebble $*\" >> {log}\n")
+    (bindir / "rc.pebble").chmod(0o755)
     marker = tmp_path / "pebble.started"
-    return {"base": base, "log": log, "marker": marker,
+    lab = tmp_path / "ente-lab"
+    lab.mkdir()
+    return {"base": base, "log": log, "marker": marker, "lab": lab,
             "env": {**os.environ, "ACME_CONF": str(conf), "PEBBLE_MARKER": str(marker),
-                    "ACME_REFRESH_LOCK": str(tmp_path / "lock"),
+                    "ACME_REFRESH_LOCK": str(tmp_path / "lock"), "ENTE_LAB_DIR": str(lab),
+                    "RC_PEBBLE": str(bindir / "rc.pebble"),
                     "PATH": f"{bindir}:{os.environ['PATH']}"}}
+
+
+def serve_cert(env, name: str = "lab.example") -> bytes:
+    """A certificate as dehydrated lays it out (certs/NAME/cert.pem + chain.pem) under a
+    root + intermediate; returns the root's PEM."""
+    import trustme
+    root = trustme.CA()
+    leaf = root.create_child_ca().issue_cert(name)
+    d = env["base"] / "certs" / name
+    d.mkdir(parents=True)
+    (d / "cert.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
+    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems[1:]))
+    return root.cert_pem.bytes()
+
+
+def dehydrated_args(env) -> list[str]:
+    return [x.split(" -f ")[1].split(" ", 1)[1] for x in calls(env) if " -f " in x]
 
 
 def run(env, *args):
@@ -46,19 +68,49 @@ def test_refuses_without_pebble(env):
     assert calls(env) == []
 
 
-def test_registers_and_forces_after_a_pebble_start_then_plain_cron(env):
+def test_registers_after_a_pebble_start_without_forcing_then_plain_cron(env):
+    """No served certificate yet: register, then a plain --cron (it issues what is missing),
+    then the roots are re-published (rc.pebble reload drops a retired root)."""
     env["marker"].write_text("start 1\n")
     res = run(env)
     assert res.returncode == 0, res.stderr
     c = calls(env)
-    assert c[0].endswith("--register --accept-terms") and c[1].endswith("--cron --force")
+    assert c[0].endswith("--register --accept-terms") and c[1].endswith("--cron")
+    assert c[2] == "rc.pebble reload"
     env["log"].unlink()
     assert run(env).returncode == 0
-    assert [x.split(" -f ")[1].split(" ", 1)[1] for x in calls(env)] == ["--cron"]
+    assert dehydrated_args(env) == ["--cron"]
     env["log"].unlink()
-    env["marker"].write_text("start 2\n")          # pebble restarted: new root, accounts gone
+    env["marker"].write_text("start 2\n")          # pebble restarted: accounts gone
     run(env)
     assert calls(env)[0].endswith("--register --accept-terms")
+
+
+def test_a_served_certificate_under_a_kept_root_is_not_reissued_after_a_pebble_restart(env):
+    """The boot's cut (issue 11): rc.pebble kept the retired root the served certificate
+    chains to, so the refresh registers again and renews only when due."""
+    (env["lab"] / "acme-root.pem").write_bytes(serve_cert(env))
+    env["marker"].write_text("start 2\n")
+    res = run(env)
+    assert res.returncode == 0, res.stderr
+    assert dehydrated_args(env) == ["--register --accept-terms", "--cron"]
+    assert "still verify (retired root kept): no re-issue" in res.stdout
+
+
+def test_a_served_certificate_no_trusted_root_anchors_is_reissued(env):
+    """A certificate under a root the lab no longer trusts (a lab from before the kept
+    roots, or a lost bundle) is forced anew after the registration; --force as asked too."""
+    serve_cert(env)
+    import trustme
+    (env["lab"] / "acme-root.pem").write_bytes(trustme.CA().cert_pem.bytes())
+    env["marker"].write_text("start 3\n")
+    res = run(env)
+    assert res.returncode == 0, res.stderr
+    assert dehydrated_args(env) == ["--register --accept-terms", "--cron --force"]
+    assert "does not chain to a root the lab trusts: re-issuing" in res.stdout
+    env["log"].unlink()
+    assert run(env, "--force").returncode == 0
+    assert dehydrated_args(env) == ["--cron --force"]
 
 
 def test_nothing_to_do_before_converge(env):

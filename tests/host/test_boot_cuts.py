@@ -172,3 +172,94 @@ def test_refresh_after_a_pebble_restart_keeps_the_account_key(pubtmp: Path):  # 
         assert "Done" in a.stdout
     finally:
         rc("rc.pebble", "stop", pebble)
+
+
+def serve_under_new_ca(served: Path, name: str = "lab.example") -> tuple[str, Path]:
+    """A certificate laid out as dehydrated serves it (SERVED_CERTS/NAME/cert.pem +
+    chain.pem) under a fresh root + intermediate: the root's PEM and the cert dir."""
+    import trustme
+    root = trustme.CA()
+    leaf = root.create_child_ca().issue_cert(name)
+    d = served / name
+    d.mkdir(parents=True)
+    (d / "cert.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
+    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems[1:]))
+    return root.cert_pem.bytes().decode(), d
+
+
+@needs_root
+def test_a_retired_root_stays_trusted_while_a_served_certificate_chains_to_it(pubtmp: Path):  # noqa: F811
+    """The boot cut (issue 11), natively with a real pebble: after a restart the previous
+    root stays in the bundle, the containers' copy and the trust store (its own file and
+    links) while a served certificate chains to it, and only then; a root that nothing
+    chains to goes at once. Museum is restarted ('rc.ente trust') only when a root is
+    added, not when a retired one leaves."""
+    need("/usr/bin/pebble", "openssl", "curl", "awk")
+    certs = pubtmp / "certs"
+    certs.mkdir()
+    others = [make_ca(pubtmp, "other-a")]
+    bundle = certs / "ca-certificates.crt"
+    bundle.write_text("".join(others))
+    crt = pubtmp / "local" / "ente-lab-acme-root.crt"
+    retained = pubtmp / "local" / "ente-lab-acme-root-retained-1.crt"
+    served = pubtmp / "served"
+    served.mkdir()
+    trust_log = pubtmp / "trust.log"
+    stub = pubtmp / "rc.ente"
+    stub.write_text(f"#!/bin/sh\necho \"$*\" >> {trust_log}\n")
+    stub.chmod(0o755)
+    env = {**pebble_env(pubtmp, trust_crt=str(crt)), "TRUST_DIR": str(certs),
+           "SERVED_CERTS": str(served), "RC_ENTE": str(stub)}
+    lab = pubtmp / "ente-lab"
+    published = lab / "acme-root.pem"
+    container = lab / "ca" / "acme-root.pem"
+
+    def trusts() -> int:
+        return len(trust_log.read_text().splitlines()) if trust_log.exists() else 0
+
+    def verify(*how: str, d: Path) -> bool:
+        v = subprocess.run(["openssl", "verify", "-no-CAstore", *how, "-untrusted",
+                            str(d / "chain.pem"), str(d / "cert.pem")], capture_output=True)
+        return v.returncode == 0
+
+    try:
+        r = rc("rc.pebble", "start", env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        root1 = published.read_text()
+        assert root1.count(BEGIN) == 1 and trusts() == 1
+        # the last pebble's root (old) anchors the served certificate; root1 anchors nothing
+        old, d = serve_under_new_ca(served)
+        published.write_text(old + root1)
+        time.sleep(1.1)
+        r = rc("rc.pebble", "restart", env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "Keeping the retired ACME root" in r.stdout
+        text = published.read_text()
+        root2 = crt.read_text()
+        assert root2 not in (root1, old)
+        assert text == root2 + old, "current root first, then the kept one; root1 is gone"
+        assert container.read_text() == text and trusts() == 2
+        assert retained.read_text() == old
+        store = bundle.read_text()
+        assert store.count(BEGIN) == 3 and old.strip() in store and root2.strip() in store
+        assert root1.strip() not in store and others[0].strip() in store
+        assert (certs / "ente-lab-acme-root-retained-1.pem").resolve() == retained
+        assert len(hash_links(certs, "ente-lab-acme-root-retained-1.pem")) == 1
+        for how in (["-CAfile", str(bundle), "-no-CApath"], ["-CApath", str(certs), "-no-CAfile"],
+                    ["-CAfile", str(published), "-no-CApath"]):
+            assert verify(*how, d=d), how
+        # a renewal replaced the certificate (nothing chains to old any more): reload drops it
+        _, d2 = serve_under_new_ca(pubtmp / "elsewhere")
+        for f in ("cert.pem", "chain.pem"):
+            (d / f).write_bytes((d2 / f).read_bytes())
+        r = rc("rc.pebble", "reload", env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert published.read_text() == root2 == container.read_text()
+        assert trusts() == 2, "a root leaving the bundle does not restart Museum"
+        assert not retained.exists() and not (certs / "ente-lab-acme-root-retained-1.pem").exists()
+        assert not hash_links(certs, "ente-lab-acme-root-retained-1.pem")
+        store = bundle.read_text()
+        assert store.count(BEGIN) == 2 and old.strip() not in store
+        assert not verify("-CAfile", str(bundle), "-no-CApath", d=served / "lab.example")
+    finally:
+        rc("rc.pebble", "stop", env)

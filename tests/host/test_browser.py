@@ -299,3 +299,17 @@ def test_the_proxy_port_refuses():
             pass
     finally:
         held.close()
+
+
+def test_the_nss_database_trusts_every_root_of_the_lab_bundle(tmp_path):
+    """After a reboot the lab's bundle is pebble's new root plus the retired root the served
+    certificate still chains to (issue 11): each is imported and trusted for TLS servers."""
+    first, second = trustme.CA(), trustme.CA()
+    db = browser.make_nssdb(tmp_path, first.cert_pem.bytes() + second.cert_pem.bytes())
+    listed = subprocess.run(["certutil", "-L", "-d", f"sql:{db}"], capture_output=True,
+                            text=True, check=True).stdout
+    rows = {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1]
+            for line in listed.splitlines() if line.startswith("ente-lab root")}
+    assert rows == {"ente-lab root 0": "C,,", "ente-lab root 1": "C,,"}, listed
+    with pytest.raises(browser.BrowserError, match="no PEM certificate"):
+        browser.make_nssdb(tmp_path / "other", b"not a certificate")

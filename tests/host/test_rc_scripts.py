@@ -78,6 +78,7 @@ def pebble_env(base: Path, trust_crt: str = "") -> dict[str, str]:
         "ENTE_LAB_DIR": str(base / "ente-lab"),
         "PEBBLE_MARKER": str(base / "run" / "pebble.started"),
         "PEBBLE_TRUST_CRT": trust_crt,
+        "SERVED_CERTS": str(base / "served-certs"),
         "PEBBLE_DEFAULTS": "/nonexistent",
     }
 

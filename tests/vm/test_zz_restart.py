@@ -2,9 +2,11 @@
 
 The same VM comes back with its disk intact; the rc.d scripts bring every
 service back at boot (one rc unit, as Slackware's rc.M); pebble restarted with
-a new root and no accounts, yet the boot's forced re-issue (re-registration,
-new certificate, the hook's reloads) succeeds, and host-side
-clients verify the served certificate with the republished root. The Ente
+a new root and no accounts. The boot registers dehydrated's account again and
+keeps serving the certificate it had (as a Let's Encrypt one outlives a reboot):
+the lab keeps trusting the retired root it chains to, host-side clients and
+Museum verify it. A forced renewal after the boot then goes through the new
+pebble and the hook's reloads, and the retired root leaves the bundle. The Ente
 stack comes back with the boot and answers /ping through Apache.
 """
 
@@ -55,24 +57,38 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
         assert "pong" in probes.https_get(g2, settings.api_host, "/ping")["body"]
         assert g2.run(psql + f"\"SELECT email FROM users WHERE user_id = {uid}\"").stdout.strip() \
             == f"restart@{settings.domain}"
-        # pebble restarted: new marker, new root, republished to the host
+        # pebble restarted: new marker, new issuing root, republished to the host with the
+        # retired root the served certificate still chains to
         assert g2.run(f"cat {certs.PEBBLE_MARKER}").stdout != old_marker
-        new_root = (paths.home / "acme-root.pem").read_text()
-        assert new_root != old_root
-        # the boot's forced renewal (ente-lab-acme-refresh from rc.M: pebble had no account
-        # for dehydrated, so it re-registered and re-issued through the hook): both services
-        # serve the new certificate, and the renewal log says the hook reloaded them
+        bundle = (paths.home / "acme-root.pem").read_text()
+        assert not bundle.startswith(old_root) and bundle.endswith(old_root), bundle
+        # the boot registered the account again and re-issued nothing: both services
+        # serve the certificate they had, and it verifies from the host
         conf = certs.dehydrated_conf(settings)
         served = {"apache": certs.served_serial(g2, settings.api_host, 443),
                   "postfix": certs.served_serial(g2, settings.mail_host, 587, starttls=True),
                   "file": certs.file_serial(g2, conf)}
-        assert served["apache"] == served["postfix"] == served["file"] != old_serial, served
+        assert served["apache"] == served["postfix"] == served["file"] == old_serial, served
         boot_log = g2.run("journalctl -b -u rc-slackware.service --no-pager", check=False).stdout
-        assert "ente-lab hook: reloaded: apache" in boot_log and "reloaded: postfix" in boot_log, \
+        assert "registering" in boot_log and "retired root kept): no re-issue" in boot_log, \
             boot_log[-3000:]
+        assert "Keeping the retired ACME root" in boot_log, boot_log[-3000:]
         address = vm.state(paths)["address"]
-        assert host_side_serial(paths, settings, address).upper() == served["file"].upper()
-        # the old root no longer verifies it
+        assert host_side_serial(paths, settings, address).upper() == old_serial.upper()
+        # Museum trusts the retired root (its CA dir has the bundle): a code is delivered
+        from test_ott_mail_vm import ask_code, code_of
+        code_of(ask_code(g2, settings, f"after-boot-{token[:8]}@{settings.domain}"))
+
+        # renewals after a boot: a forced one through the new pebble and the hook
+        r = certs.renew_with(g2, paths, settings)
+        assert r["after"]["apache"] == r["after"]["postfix"] == r["after"]["file"] != old_serial, r
+        assert "ente-lab hook: reloaded: apache" in r["output"] and "reloaded: postfix" in r["output"]
+        # the retired root left the bundle (nothing chains to it), on the host and in the VM
+        new_root = (paths.home / "acme-root.pem").read_text()
+        assert new_root.count("BEGIN CERTIFICATE") == 1 and new_root == bundle[:len(new_root)]
+        assert g2.read("/etc/ente-lab/acme-root.pem") == new_root
+        assert host_side_serial(paths, settings, address).upper() == r["after"]["file"].upper()
+        # the old root no longer verifies what is served
         stale = paths.home / "stale-root.pem"
         stale.write_text(old_root)
         ctx = ssl.create_default_context(cafile=str(stale))
@@ -80,6 +96,5 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
                 pytest.raises(ssl.SSLCertVerificationError):
             ctx.wrap_socket(raw, server_hostname=settings.api_host)
         stale.unlink()
-        # Museum trusts the new root: a one-time code is still delivered (issue 14)
-        from test_ott_mail_vm import ask_code, code_of
-        code_of(ask_code(g2, settings, f"after-boot-{token[:8]}@{settings.domain}"))
+        # Museum trusts the new root (loaded at boot): a code is still delivered (issue 14)
+        code_of(ask_code(g2, settings, f"after-renewal-{token[:8]}@{settings.domain}"))
