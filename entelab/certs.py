@@ -4,9 +4,10 @@ dehydrated runs as the non-root ``acme.user`` with the rendered config and gets
 one certificate (named after the domain) for every lab name through the real
 http-01 path: pebble -> Apache port 80 -> the challenge directory. pebble keeps
 accounts and its root in memory only, so after every pebble start the lab
-re-registers, re-issues and republishes the root (to the guest trust store,
-done by rc.pebble, and to the host state dir for the tests: never the host's
-system trust store).
+re-registers (re-issuing only what no trusted root anchors: rc.pebble keeps a
+retired root while a served certificate chains to it) and republishes the roots
+(to the guest trust store, done by rc.pebble, and to the host state dir for the
+tests: never the host's system trust store).
 
 Every function takes the task's settings: nothing here reads them from disk.
 """
@@ -140,7 +141,7 @@ def publish_root(guest: Guest, paths: LabPaths) -> tuple[Path, bool]:
 
 def issue_with(guest: Guest, paths: LabPaths, force: bool = False) -> str:
     ensure_pebble(guest)
-    # The guest script re-registers (and re-issues) when pebble restarted since
+    # The guest script re-registers when pebble restarted since
     # the last registration; rc.M runs the same script at every boot.
     res = guest.run(f"{REFRESH}{' --force' if force else ''} 2>&1", check=False)
     if not res.ok:

@@ -203,6 +203,15 @@ def test_rc_script_lifecycle(guest, svc, pristine):
             assert museum_start_time(guest) != museum_started
             assert sudo(guest, "docker exec ente-museum cat /etc/ente-lab/ca/acme-root.pem").stdout \
                 == sudo(guest, "cat /etc/ente-lab/acme-root.pem").stdout
+            # the served certificate chains to the retired root, which the lab keeps
+            # trusting (the new one first in the bundle, then it): the VM's trust store
+            # verifies it both ways OpenSSL looks (bundle file, hashed dir)
+            assert sudo(guest, "grep -c 'BEGIN CERTIFICATE' /etc/ente-lab/acme-root.pem").stdout.strip() == "2"
+            for how in ("-CAfile /etc/ssl/certs/ca-certificates.crt -no-CApath",
+                        "-CApath /etc/ssl/certs -no-CAfile"):
+                assert sudo(guest, f"sh -c 'openssl verify -no-CAstore {how} "
+                                   "-untrusted /etc/dehydrated/certs/*/chain.pem "
+                                   "/etc/dehydrated/certs/*/cert.pem'").ok, how
 
         # restart: a new daemon that answers (httpd keeps its parent on -k restart)
         res = rc(guest, svc, "restart")
