@@ -227,8 +227,8 @@ def test_rc_script_lifecycle(guest, svc, pristine):
         if svc == "docker" and containers:
             sudo(guest, "docker start " + " ".join(containers))
         if svc == "pebble":
-            # pebble forgot its accounts and made a new root: go back to the run's
-            # pristine snapshot (seconds) instead of re-registering and re-issuing
+            # pebble forgot its accounts and has a new root (the old one kept): go back to the run's
+            # pristine snapshot (seconds) instead of re-registering and renewing
             pristine.restore()
 
 
