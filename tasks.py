@@ -248,10 +248,11 @@ def vm_tests(c, k="", keep=False):
     body.run(body.tests, which="vm", k=k, keep=keep)
 
 
-@task(help=KEEP_HELP)
-def all_tests(c, keep=False):
+@task(help={**KEEP_HELP, "budget": "Minutes the whole run may take (default 80; 0: no limit): the "
+                                   "slowest VM tests that would end later are skipped, each said"})
+def all_tests(c, keep=False, budget="80"):
     """Everything: host prerequisites, host tests, then the VM tests; destroys the VM."""
-    body.run(body.tests, which="all", keep=keep)
+    body.run(body.tests, which="all", keep=keep, budget=budget)
 
 
 # ---------------------------------------------------------------- snapshots (issue 11)

@@ -6,6 +6,7 @@ or below reads them from disk again.
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 
 from rich.markup import escape
@@ -37,6 +38,9 @@ def up(paths: LabPaths, settings: Settings, workshop: bool = False) -> None:
     workshop-base snapshot; docs/workshop.md)."""
     ensure_dirs(paths)
     host.prepare(paths)
+    if settings.vm.provider == "libvirt":
+        vm.check_network_free(paths, settings.vm.management_network,
+                              avoid=[ipaddress.IPv4Network(settings.docker.subnet)])
     with stage("render"):
         render_lab(paths, settings)
     boxmod.build(paths, prepare=False)

@@ -21,7 +21,7 @@ from typing import Any
 from rich.markup import escape
 
 from . import state
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, LabError, StageFailed
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, BadInput, LabError, StageFailed
 from .progress import console, report, warn
 from .settings import Settings, load_settings
 
@@ -170,9 +170,12 @@ def renew(overrides: Sequence[str] = ()) -> None:
     certs.renew(lab.guest(paths), paths, load(overrides))
 
 
-def tests(which: str = "all", k: str = "", keep: bool = False) -> None:
+def tests(which: str = "all", k: str = "", keep: bool = False, budget: str = "0") -> None:
     from . import testrun
-    rc = testrun.run(_paths(), load(), which=which, k=k, keep=keep)
+    if not str(budget).isdigit() or int(budget) > 24 * 60:
+        raise BadInput(f"--budget {budget!r}: whole minutes, 0 (no limit) to 1440",
+                       hint="e.g. ./labctl test.all --budget 80")
+    rc = testrun.run(_paths(), load(), which=which, k=k, keep=keep, budget_min=int(budget))
     if rc:
         raise StageFailed(f"tests failed (pytest exit {rc})", hint="read the pytest summary above")
 

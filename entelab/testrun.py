@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from . import box as boxmod
@@ -103,9 +104,19 @@ def _vm_run(paths: LabPaths, settings: Settings, k: str, keep: bool,
 
 
 def run(paths: LabPaths, settings: Settings, which: str = "all", k: str = "",
-        keep: bool = False) -> int:
+        keep: bool = False, budget_min: int = 0) -> int:
+    """``budget_min``: the whole run's time budget; the VM tests get its deadline
+    (ENTE_LAB_DEADLINE) and skip the slowest ones that would end past it
+    (tests/vm/conftest.py, `pytest.mark.budget`)."""
     if which not in ("host", "vm", "all"):
         raise StageFailed(f"unknown test selection {which!r}: host, vm or all")
+    if budget_min:
+        deadline = time.time() + budget_min * 60
+        os.environ["ENTE_LAB_DEADLINE"] = f"{deadline:.0f}"
+        info(f"  time budget: {budget_min} min, until {time.strftime('%H:%M:%S', time.localtime(deadline))} "
+             "(the slowest VM tests that would end later are skipped; --budget 0: no limit)")
+    else:
+        os.environ.pop("ENTE_LAB_DEADLINE", None)
     rc_host = rc_vm = 0
     if which == "all":
         # host prerequisites first: the host tests validate with the real vagrant

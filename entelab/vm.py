@@ -9,6 +9,7 @@ one line per stage. Every libvirt object carries the lab id: storage pool
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -16,11 +17,13 @@ import shutil
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import accel
-from .errors import StageFailed
-from .hostrun import vagrant, vagrant_log, virsh
+from .errors import SettingsError, StageFailed
+from .hostrun import LIBVIRT_URI, run, vagrant, vagrant_log, virsh
 from .progress import info, stage, warn
 from .state import LabPaths, ensure_dirs
 
@@ -74,6 +77,108 @@ def ensure_pool(p: LabPaths) -> None:
     virsh("pool-define-as", name, "dir", "--target", str(p.pool), check=True)
     virsh("pool-build", name)
     virsh("pool-start", name, check=True)
+
+
+# ------------------------------------------------------------------ the lab network's address
+# vagrant-libvirt looks a management network up by its *address* before its name: when
+# another network (another lab's, a user's) already holds the address, it defines the
+# domain against this lab's network name, which it never created, and `vagrant up` dies
+# in the middle with "Network not found: no network with matching name '<lab>-mgmt'".
+# lab.up checks first and says who holds the address and what to do.
+@dataclass(frozen=True)
+class NetFact:
+    """A libvirt network as `virsh net-dumpxml` / `net-info` describe it."""
+    name: str
+    network: ipaddress.IPv4Network | None
+    active: bool
+    bridge: str = ""
+
+
+@dataclass(frozen=True)
+class IfFact:
+    """An IPv4 address on a host interface (`ip -j -4 addr`)."""
+    ifname: str
+    network: ipaddress.IPv4Network
+
+
+def libvirt_networks() -> list[NetFact]:
+    out: list[NetFact] = []
+    for name in virsh("net-list", "--all", "--name").stdout.split():
+        xml = virsh("net-dumpxml", name)
+        if not xml.ok:
+            continue
+        root = ET.fromstring(xml.stdout)
+        net = None
+        ip = root.find("./ip")
+        if ip is not None and ip.get("address") and ":" not in ip.get("address", ""):
+            mask = ip.get("prefix") or ip.get("netmask") or "24"
+            net = ipaddress.IPv4Network(f"{ip.get('address')}/{mask}", strict=False)
+        active = bool(re.search(r"^Active:\s+yes\b", virsh("net-info", name).stdout, re.M))
+        bridge = root.find("./bridge")
+        out.append(NetFact(name, net, active, bridge.get("name", "") if bridge is not None else ""))
+    return out
+
+
+def host_addresses() -> list[IfFact]:
+    res = run(["ip", "-j", "-4", "addr"], check=False)
+    try:
+        links = json.loads(res.stdout) if res.ok else []
+    except ValueError:
+        return []
+    return [IfFact(link.get("ifname", "?"),
+                   ipaddress.IPv4Network(f"{a['local']}/{a.get('prefixlen', 32)}", strict=False))
+            for link in links for a in link.get("addr_info", []) if a.get("family") == "inet"]
+
+
+def free_network(taken: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Network | None:
+    """The first 192.168.N.0/24 (N from 121 up) that overlaps nothing in ``taken``."""
+    for n in range(121, 255):
+        cand = ipaddress.IPv4Network(f"192.168.{n}.0/24")
+        if not any(cand.overlaps(t) for t in taken):
+            return cand
+    return None
+
+
+def network_conflicts(mine: ipaddress.IPv4Network, own: str, networks: list[NetFact],
+                      addresses: list[IfFact], avoid: Sequence[ipaddress.IPv4Network] = ()) -> str:
+    """'' when ``mine`` is free; else the message that says who holds it and the fixes.
+    ``own``: this lab's network name (it may hold the address: it is ours)."""
+    bridges = {n.bridge for n in networks if n.bridge}
+    holders = []
+    for n in networks:
+        if n.name != own and n.network is not None and n.network.overlaps(mine):
+            lab = n.name[:-len("-mgmt")] if n.name.endswith("-mgmt") else ""
+            who = f" (another lab's: {lab}; its VM is {lab}_{MACHINE})" if lab.startswith("entelab-") else ""
+            undo = (f"`./labctl lab.down` in that lab's checkout, or `virsh -c {LIBVIRT_URI} net-destroy "
+                    f"{n.name}`" if n.active else f"`virsh -c {LIBVIRT_URI} net-undefine {n.name}`")
+            holders.append((f"libvirt network {n.name!r} ({n.network}, "
+                            f"{'active' if n.active else 'defined, inactive'}){who}", undo))
+    for a in addresses:
+        if a.ifname not in bridges and a.network.overlaps(mine):
+            holders.append((f"host interface {a.ifname} ({a.network})", ""))
+    if not holders:
+        return ""
+    taken = [n.network for n in networks if n.network is not None] + [a.network for a in addresses]
+    free = free_network(taken + list(avoid))
+    lines = [f"vm.management_network = {str(mine)!r}: already taken on this host by "
+             + "; ".join(h for h, _ in holders) + "."]
+    fixes = [u for _, u in holders if u]
+    if fixes:
+        lines.append("Free it: " + "; ".join(fixes) + ", or")
+    lines.append("give this lab another address: `vm.management_network: "
+                 f"{free or '192.168.N.0/24'}` in settings.local.yaml"
+                 + (" (free here)" if free else "") + ".")
+    return "\n".join(lines)
+
+
+def check_network_free(p: LabPaths, management_network: str,
+                       avoid: Sequence[ipaddress.IPv4Network] = ()) -> None:
+    """Refuse (SettingsError, before anything is created) a management network address
+    that another libvirt network or a host interface already holds."""
+    msg = network_conflicts(ipaddress.IPv4Network(management_network), network_name(p),
+                            libvirt_networks(), host_addresses(), avoid)
+    if msg:
+        raise SettingsError([msg], hint="`virsh -c qemu:///system net-list --all` lists the networks")
 
 
 # ------------------------------------------------------------------ vagrant

@@ -6,9 +6,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import time
+
 import pytest
 
-from entelab import lab, state, vm
+from entelab import lab, state, timebudget, vm
 from entelab.settings import load_settings
 
 
@@ -59,6 +64,54 @@ def pristine(lab_paths, guest, settings):  # noqa: F811 - the settings fixture (
         snapshot.forget(lab_paths, PRISTINE)
     snapshot.snapshot(lab_paths, PRISTINE)
     yield Pristine(lab_paths, guest, settings)
+
+
+# ---------------------------------------------------------------- the run's time budget
+# entelab/timebudget.py: the slowest tests (`@pytest.mark.budget(REF)`) run last, cheapest
+# first, and are skipped when they would end past test.all's deadline.
+BUDGET_LOG: dict = {"skipped": []}
+
+
+def budget_of(item) -> timebudget.Budget | None:
+    m = item.get_closest_marker("budget")
+    return timebudget.Budget(float(m.args[0]), bool(m.kwargs.get("keep"))) if m else None
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items[:] = [item for _, item in sorted(enumerate(items),
+                                           key=lambda p: timebudget.order_key(p[0], budget_of(p[1])))]
+
+
+@pytest.fixture(autouse=True)
+def time_budget(request):
+    b = budget_of(request.node)
+    deadline = float(os.environ.get("ENTE_LAB_DEADLINE") or 0)
+    if b is not None and not b.keep and deadline:
+        if "speed" not in BUDGET_LOG:
+            probe = request.getfixturevalue("guest").run(timebudget.SPEED_PROBE, sudo=False).stdout
+            BUDGET_LOG["speed"] = round(timebudget.speed(float(probe.strip())), 2)
+        items = request.session.items
+        later = [budget_of(i) for i in items[items.index(request.node) + 1:]]
+        why = timebudget.decide(b, later, BUDGET_LOG["speed"], time.time(), deadline,
+                                request.node.originalname)
+        if why:
+            BUDGET_LOG["skipped"].append({"test": request.node.nodeid, "why": why})
+            pytest.skip(why)
+    yield
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if "speed" not in BUDGET_LOG:
+        return
+    skipped = BUDGET_LOG["skipped"]
+    terminalreporter.write_line(
+        f"time budget: guest speed x{BUDGET_LOG['speed']} of the reference machine; {len(skipped)} "
+        "budgeted test(s) skipped to end before the deadline"
+        + "".join(f"\n  {s['test']}" for s in skipped))
+    with contextlib.suppress(OSError):
+        logs = state.paths(state.ROOT).logs
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / "time-budget.json").write_text(json.dumps(BUDGET_LOG, indent=1) + "\n")
 
 
 from labfix import lab_secrets, paths, settings  # noqa: E402,F401  (shared fixtures)

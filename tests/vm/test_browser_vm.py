@@ -86,6 +86,7 @@ def test_the_articles_cors_lines_fail_in_the_browser_until_always_unset(guest, p
         pristine.restore()
 
 
+@pytest.mark.budget(126)    # reference seconds in CI: tests/vm/conftest.py's time budget
 def test_a_mail_certificate_without_smtp_host_fails_museums_send_and_off_is_the_plain_lab(
         guest, paths, settings, tmp_path, pristine):
     """pitfalls.mail_cert_mismatch: Postfix serves a certificate without the mail name;

@@ -70,6 +70,7 @@ def test_an_address_outside_the_domain_gets_museums_send_error(guest, settings):
     assert "level=error" in log and "550" in log
 
 
+@pytest.mark.budget(87)    # reference seconds in CI: tests/vm/conftest.py's time budget
 def test_lab_admin_promotes_and_it_survives_restart_and_converge(guest, paths, settings, monkeypatch, tmp_path,
                                                                   pristine):
     from entelab import converge, stack

@@ -16,6 +16,7 @@ from entelab.settings import load_settings
 pytestmark = pytest.mark.vm
 
 
+@pytest.mark.budget(212)    # reference seconds in CI: tests/vm/conftest.py's time budget
 def test_stack_starts_from_a_docker_save_archive(guest, paths, settings, tmp_path, pristine):
     archive = tmp_path / "ente-images.tar"
     try:

@@ -62,6 +62,7 @@ def pg_image(guest) -> str:
     return guest.run("docker inspect -f '{{.Config.Image}}' ente-postgres").stdout.strip()
 
 
+@pytest.mark.budget(365)    # reference seconds in CI: tests/vm/conftest.py's time budget
 def test_naive_17_rolls_back_then_dump_restore_and_a_postfix_change_are_kept(guest, paths, settings, reset):
     """(b) then (c) on one lab: the naive bump loads the 17 image before its snapshot, so the
     rollback keeps it loaded and the dump/restore upgrade does not import it again. (a), a

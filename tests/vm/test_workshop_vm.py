@@ -89,6 +89,7 @@ def corrected_edits(settings) -> list[str]:
     ]
 
 
+@pytest.mark.budget(157)    # reference seconds in CI: tests/vm/conftest.py's time budget
 def test_an_attendee_types_the_postfix_step(guest, paths, settings, pristine):
     with back_to_pristine_on_failure(pristine):
         # the step before first (one start for both): the mail user, then solved
@@ -161,6 +162,7 @@ def fresh(settings, what: str) -> str:
     return f"w-{what}-{uuid.uuid4().hex[:8]}@{settings.domain}"
 
 
+@pytest.mark.budget(203)
 def test_dashed_env_names_and_healthcheck_echo_then_the_fix(guest, paths, settings, tmp_path, pristine):
     """Two of Museum's pitfalls on one re-created Museum (each switch re-creates it: one
     converge instead of two), then the fix of both on a second one.
@@ -229,6 +231,7 @@ def forced_by_a_new_account(guest, settings):
         guest.run(f"rm -rf {tmp}")
 
 
+@pytest.mark.budget(67)
 def test_wellknown_in_location_makes_issuance_fail(guest, paths, settings, tmp_path, pristine):
     with back_to_pristine_on_failure(pristine):
         converge_with(guest, paths, tmp_path, ["pitfalls.wellknown_in_location=true"])
@@ -249,6 +252,7 @@ def test_wellknown_in_location_makes_issuance_fail(guest, paths, settings, tmp_p
         guest.run("rm -f /var/lib/dehydrated/acme-challenges/entelab-probe")
 
 
+@pytest.mark.budget(138)
 def test_tls_encrypt_sasl_wrong_dir_and_missing_sudoers_then_the_fix(guest, paths, settings, lab_secrets,
                                                                      tmp_path, pristine):
     """Three switches that touch Postfix and the renewal hook, on one converge (each
@@ -322,6 +326,7 @@ def test_compose_missing_quote_is_refused_and_the_live_file_kept(guest, paths, s
 
 # ------------------------------------------------------------------ lab.up --workshop's base (last: it is forgotten)
 BASE_DONE = ["cors"]          # nothing to type unless a CORS pitfall switch is on
+@pytest.mark.budget(124)
 def test_workshop_base_is_taken_and_start_restores_it(guest, paths, settings, pristine):
     """What ``lab.up --workshop`` does after the boot (workshop_lab.make_base; here on the
     converged lab, CI's one VM): certificates issued, then every step left to do, saved as

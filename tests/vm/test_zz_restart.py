@@ -29,6 +29,7 @@ def host_side_serial(paths, settings, address: str) -> str:
         return tls.getpeercert()["serialNumber"]
 
 
+@pytest.mark.budget(266, keep=True)    # the run's one halt and boot: always run, last
 def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, settings):
     token = uuid.uuid4().hex
     guest.run(f"echo {token} > ~/persist-check && sync", sudo=False)
