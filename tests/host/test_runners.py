@@ -47,6 +47,7 @@ def recorded_up(empty_checkout, monkeypatch):
     monkeypatch.setattr(boxmod, "build", lambda p, **k: calls.append("box"))
     monkeypatch.setattr(accel, "probe", lambda p, **k: "qemu")
     monkeypatch.setattr(vm, "up", lambda p: calls.append("vm.up"))
+    monkeypatch.setattr(vm, "check_network_free", lambda p, net, avoid=(): calls.append(f"net {net}"))
     monkeypatch.setattr(converge, "converge", lambda g, p: calls.append("converge"))
     monkeypatch.setattr(lab, "guest", lambda p: Guest(rec))
     return rec, calls
@@ -55,7 +56,7 @@ def recorded_up(empty_checkout, monkeypatch):
 def test_set_domain_reaches_smoke_check_and_certificates(recorded_up):
     rec, calls = recorded_up
     task_bodies.up(["domain=other.lan"])
-    assert calls == ["prepare", "box", "vm.up", "converge"]
+    assert calls == ["prepare", "net 192.168.121.0/24", "box", "vm.up", "converge"]
     seen = "\n".join(rec.decoded())
     rendered = (state.paths(state.ROOT).rendered / "etc/dehydrated/domains.txt").read_text()
     assert "ente.other.lan" in rendered
@@ -207,4 +208,4 @@ def test_up_of_a_suspended_lab_resumes_it_first(recorded_up, monkeypatch):
     monkeypatch.setattr(snapshot, "dominfo", lambda p: {"state": "shut off", "managed save": "yes"})
     monkeypatch.setattr(snapshot, "resume", lambda p, s: calls.append(f"resume {s.domain}"))
     task_bodies.up([])
-    assert calls == ["prepare", "box", "resume darkstar.lan", "vm.up", "converge"]
+    assert calls == ["prepare", "net 192.168.121.0/24", "box", "resume darkstar.lan", "vm.up", "converge"]
