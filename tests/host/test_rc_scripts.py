@@ -575,6 +575,47 @@ def test_rc_pebble_lifecycle(pubtmp: Path):
 # Docker engine, and the guest is where dockerd runs for the lab. The whole-layer
 # smoke scripts (provision/guest/chroot-smoke.sh, nspawn-boot-smoke.sh) are
 # developer tools; the same checks run against the real VM in tests/vm.
+# Here: its start's one retry case, with a dockerd that fails as the real one does.
+FAKE_DOCKERD = """#!/bin/sh
+# fails as dockerd does (its containerd slow, or another error) $FAKE_FAILS times, then runs
+n=$(cat "$FAKE_COUNT" 2>/dev/null || echo 0); echo $((n + 1)) > "$FAKE_COUNT"
+if [ "$n" -lt "$FAKE_FAILS" ]; then
+    echo "level=info msg=\"containerd successfully booted in 17.1s\""
+    echo "$FAKE_ERROR"; exit 1
+fi
+while [ "$1" != "-p" ]; do shift; done
+echo $$ > "$2"
+exec sleep 60
+"""
+
+
+@pytest.mark.parametrize("fails, error, ok, starts", [
+    (2, "failed to start containerd: timeout waiting for containerd to start", True, 3),
+    (3, "failed to start containerd: timeout waiting for containerd to start", False, 3),
+    (1, "failed to start daemon: Error reading /etc/docker/daemon.json: invalid character", False, 1),
+])
+def test_rc_docker_tries_again_only_when_its_containerd_was_slow(tmp_path, fails, error, ok, starts):
+    dockerd = tmp_path / "dockerd"
+    dockerd.write_text(FAKE_DOCKERD)
+    dockerd.chmod(0o755)
+    cli = tmp_path / "docker"
+    cli.write_text(f"#!/bin/sh\n[ -s {tmp_path}/docker.pid ]\n")
+    cli.chmod(0o755)
+    env = {"DOCKERD": str(dockerd), "DOCKER_CLI": str(cli), "DOCKER_PIDFILE": str(tmp_path / "docker.pid"),
+           "DOCKER_LOG": str(tmp_path / "docker.log"), "DOCKER_DEFAULTS": "/nonexistent",
+           "FAKE_COUNT": str(tmp_path / "count"), "FAKE_FAILS": str(fails), "FAKE_ERROR": error}
+    try:
+        r = rc("rc.docker", "start", env)
+        assert (r.returncode == 0) is ok, r
+        assert int((tmp_path / "count").read_text()) == starts       # dockerd started this often
+        out = r.stdout + r.stderr
+        assert out.count("trying again") == (starts - 1)
+        if ok:
+            assert "trying again (3 of 3)" in out and "dockerd started" in out
+        else:
+            assert error in out                                       # the log's last lines shown
+    finally:
+        rc("rc.docker", "stop", env)
 
 
 def test_rc_m_refuses_to_run_without_its_service_list(tmp_path: Path):

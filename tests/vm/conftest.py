@@ -82,22 +82,32 @@ def pytest_collection_modifyitems(session, config, items):
                                            key=lambda p: timebudget.order_key(p[0], budget_of(p[1])))]
 
 
-@pytest.fixture(autouse=True)
-def time_budget(request):
-    b = budget_of(request.node)
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before any fixture of the test is set up (a module's converge included): skip it
+    when it would end past the deadline. Unmarked tests count timebudget.DEFAULT_REF."""
+    b = budget_of(item) or timebudget.Budget(timebudget.DEFAULT_REF)
     deadline = float(os.environ.get("ENTE_LAB_DEADLINE") or 0)
-    if b is not None and not b.keep and deadline:
-        if "speed" not in BUDGET_LOG:
-            probe = request.getfixturevalue("guest").run(timebudget.SPEED_PROBE, sudo=False).stdout
-            BUDGET_LOG["speed"] = round(timebudget.speed(float(probe.strip())), 2)
-        items = request.session.items
-        later = [budget_of(i) for i in items[items.index(request.node) + 1:]]
-        why = timebudget.decide(b, later, BUDGET_LOG["speed"], time.time(), deadline,
-                                request.node.originalname)
-        if why:
-            BUDGET_LOG["skipped"].append({"test": request.node.nodeid, "why": why})
-            pytest.skip(why)
-    yield
+    if b.keep or not deadline:
+        return
+    if "speed" not in BUDGET_LOG:
+        BUDGET_LOG["speed"] = round(probe_speed(), 2)
+    items = item.session.items
+    later = [budget_of(i) for i in items[items.index(item) + 1:]]
+    why = timebudget.decide(b, later, BUDGET_LOG["speed"], time.time(), deadline, item.originalname)
+    if why:
+        BUDGET_LOG["skipped"].append({"test": item.nodeid, "why": why})
+        pytest.skip(why)
+
+
+def probe_speed() -> float:
+    """The guest's speed against the reference (timebudget.SPEED_PROBE), measured once."""
+    try:
+        with lab.guest(state.paths(state.ROOT)) as g:
+            return timebudget.speed(float(g.run(timebudget.SPEED_PROBE, sudo=False).stdout.strip()))
+    except Exception as exc:  # noqa: BLE001 - no probe: the reference speed, said in the summary
+        BUDGET_LOG["probe_error"] = str(exc)
+        return 1.0
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
