@@ -24,6 +24,8 @@ SPEED_PROBE = ("python3 -c 'import subprocess,time; t=time.monotonic(); "
 DEFAULT_REF = 15      # s counted for a VM test without a budget mark (most take 2-10 s there)
 TEARDOWN = 180        # s kept for lab.destroy + host.restore after the last test
 MARGIN = 1.15         # estimates are REF x speed x MARGIN
+KEEP_MARGIN = 1.5     # the kept test's (the restart's boot scales worse than the probe:
+                      # 730 s at speed 2.34 for REF 266 in the CI run of 2026-11-30)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def decide(b: Budget, later: list[Budget | None], speed_: float, now: float,
     """'' to run the test; else the skip reason."""
     if b.keep or not deadline:
         return ""
-    kept = sum(x.ref for x in later if x is not None and x.keep) * speed_ * MARGIN
+    kept = sum(x.ref for x in later if x is not None and x.keep) * speed_ * KEEP_MARGIN
     need = b.ref * speed_ * MARGIN
     left = deadline - now - kept - TEARDOWN
     if need <= left:

@@ -67,6 +67,9 @@ def host_starttls(paths, settings, addr: str) -> str:
 
 def test_restore_brings_back_a_broken_lab(pristine, paths, settings):
     conf = certs.dehydrated_conf(settings)
+    # start from the snapshot itself: an earlier test may have left the lab working but
+    # changed (a renewal's new certificate), which the restore would rightly undo
+    pristine.restore()
     with Guest.reach(paths) as g:
         before = guest_state(g, conf)
         addr = snapshot.address(g)
