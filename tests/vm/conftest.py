@@ -115,8 +115,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     skipped = BUDGET_LOG["skipped"]
     terminalreporter.write_line(
-        f"time budget: guest speed x{BUDGET_LOG['speed']} of the reference machine; {len(skipped)} "
-        "budgeted test(s) skipped to end before the deadline"
+        f"time budget: guest speed x{BUDGET_LOG['speed']} of the reference machine"
+        + (f" (no probe: {BUDGET_LOG['probe_error']})" if "probe_error" in BUDGET_LOG else "")
+        + f"; {len(skipped)} test(s) skipped to end before the deadline"
         + "".join(f"\n  {s['test']}" for s in skipped))
     with contextlib.suppress(OSError):
         logs = state.paths(state.ROOT).logs
