@@ -139,22 +139,24 @@ def publish_root(guest: Guest, paths: LabPaths) -> tuple[Path, bool]:
     return dest, pem != old
 
 
-def issue_with(guest: Guest, paths: LabPaths, force: bool = False) -> str:
+def issue_with(guest: Guest, paths: LabPaths, force: bool = False, if_stale: bool = False) -> str:
+    """``if_stale``: lab.up's call right after a boot, whose rc.M ran the same script:
+    the guest script skips dehydrated when that run's inputs are unchanged."""
     ensure_pebble(guest)
     # The guest script re-registers when pebble restarted since
     # the last registration; rc.M runs the same script at every boot.
-    res = guest.run(f"{REFRESH}{' --force' if force else ''} 2>&1", check=False)
+    cmd = REFRESH + (" --force" if force else " --if-stale" if if_stale else "")
+    res = guest.run(f"{cmd} 2>&1", check=False)
     if not res.ok:
-        raise GuestCommandError(f"{REFRESH}{' --force' if force else ''}", res.exited,
-                                guest.redact(res.output), hint=failure_hint(res.output))
+        raise GuestCommandError(cmd, res.exited, guest.redact(res.output), hint=failure_hint(res.output))
     publish_root(guest, paths)
     return res.output
 
 
-def issue(guest: Guest, paths: LabPaths) -> None:
+def issue(guest: Guest, paths: LabPaths, if_stale: bool = False) -> None:
     with stage("certs: issue from the lab CA (pebble) with dehydrated",
                hint="./labctl lab.ssh --command 'sudo /etc/rc.d/rc.pebble status'"):
-        out = issue_with(guest, paths)
+        out = issue_with(guest, paths, if_stale=if_stale)
         for line in out.splitlines()[-8:]:
             info(f"  {line}")
 

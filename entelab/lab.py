@@ -64,7 +64,8 @@ def up(paths: LabPaths, settings: Settings, workshop: bool = False) -> None:
         workshop_lab.make_base(g, paths, settings)
         return
     converge.converge(g, paths)
-    certs.issue(g, paths)
+    # the boot's rc.M ran the refresh: it is not run again when nothing it reads changed
+    certs.issue(g, paths, if_stale=True)
     health.smoke(g, settings)
     stack.start(g, settings)
     stack.smoke(g, settings)

@@ -30,9 +30,11 @@ def env(tmp_path):
     marker = tmp_path / "pebble.started"
     lab = tmp_path / "ente-lab"
     lab.mkdir()
-    return {"base": base, "log": log, "marker": marker, "lab": lab,
+    return {"base": base, "log": log, "marker": marker, "lab": lab, "done": tmp_path / "refresh.done",
+            "sudo": bindir / "sudo",
             "env": {**os.environ, "ACME_CONF": str(conf), "PEBBLE_MARKER": str(marker),
                     "ACME_REFRESH_LOCK": str(tmp_path / "lock"), "ENTE_LAB_DIR": str(lab),
+                    "ACME_REFRESH_DONE": str(tmp_path / "refresh.done"),
                     "RC_PEBBLE": str(bindir / "rc.pebble"),
                     "PATH": f"{bindir}:{os.environ['PATH']}"}}
 
@@ -121,3 +123,41 @@ def test_nothing_to_do_before_converge(env):
     (env["base"] / "config").unlink()
     res = run(env)
     assert res.returncode == 0 and "nothing to do" in res.stdout and calls(env) == []
+
+
+def test_if_stale_skips_only_a_recent_good_run_of_the_same_inputs(env):
+    """lab.up right after a boot: ``--if-stale`` does nothing when this boot's run (rc.M's)
+    ended well minutes ago and nothing it reads changed; any change, an old or failed run,
+    or another pebble start runs dehydrated again."""
+    env["marker"].write_text("start 1\n")
+    (env["base"] / "domains.txt").write_text("api.lab.example mail.lab.example\n")
+    assert run(env).returncode == 0                              # the boot's run
+    env["log"].unlink()
+
+    res = run(env, "--if-stale")
+    assert res.returncode == 0 and "not run again" in res.stdout, res.stdout
+    assert calls(env) == []
+
+    (env["base"] / "domains.txt").write_text("api.lab.example mail.lab.example web.lab.example\n")
+    assert run(env, "--if-stale").returncode == 0                # a new name: dehydrated runs
+    assert dehydrated_args(env) == ["--cron"]
+    env["log"].unlink()
+    assert run(env, "--if-stale").returncode == 0 and calls(env) == []
+
+    old = env["done"].stat().st_mtime - 11 * 60                  # the run is too old to count
+    os.utime(env["done"], (old, old))
+    assert run(env, "--if-stale").returncode == 0
+    assert dehydrated_args(env) == ["--cron"]
+    env["log"].unlink()
+
+    env["sudo"].write_text(f"#!/bin/sh\necho \"$*\" >> {env['log']}\nexit 1\n")   # dehydrated fails
+    assert run(env).returncode == 1 and not env["done"].exists()
+    env["sudo"].write_text(f"#!/bin/sh\necho \"$*\" >> {env['log']}\n")
+    env["log"].unlink()
+    assert run(env, "--if-stale").returncode == 0
+    assert dehydrated_args(env) == ["--cron"]
+    env["log"].unlink()
+
+    env["marker"].write_text("start 2\n")                       # pebble started again
+    assert run(env, "--if-stale").returncode == 0
+    assert [a.split()[0] for a in dehydrated_args(env)] == ["--register", "--cron"]

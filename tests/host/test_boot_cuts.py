@@ -139,7 +139,8 @@ def test_refresh_after_a_pebble_restart_keeps_the_account_key(pubtmp: Path):  # 
     conf.write_text(f"ACME_USER=root\nBASEDIR={base}\nWELLKNOWN={pubtmp}/wk\n"
                     f"CHAINCACHE={pubtmp}/chains\nSTATEDIR={pubtmp}/state\n")
     env = {**os.environ, "ACME_CONF": str(conf), "PEBBLE_MARKER": pebble["PEBBLE_MARKER"],
-           "ACME_REFRESH_LOCK": str(pubtmp / "refresh.lock")}
+           "ACME_REFRESH_LOCK": str(pubtmp / "refresh.lock"),
+           "ACME_REFRESH_DONE": str(pubtmp / "refresh.done")}
 
     def refresh():
         r = subprocess.run([str(REFRESH)], env=env, capture_output=True, text=True, timeout=300)

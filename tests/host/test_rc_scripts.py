@@ -702,3 +702,70 @@ def test_the_restore_service_check_starts_stopped_services_only(tmp_path):
     assert r.returncode == 0, r
     assert r.stdout.split() == ["restarting", "down"]
     assert (tmp_path / "started").read_text().split() == ["down"]
+
+
+# ------------------------------------------------------------------ rc.ente start at boot
+FAKE_DOCKER_STACK = """#!/bin/sh
+# docker for rc.ente start: the running services, the image IDs and the network from the
+# environment; every call logged
+echo "docker $*" >> "$FAKE_LOG"
+case "$1 $2" in
+"info "*) exit 0 ;;
+"ps "*) printf '%s\\n' $FAKE_RUNNING ;;
+"image inspect")
+    [ "$3" = -f ] || exit 0
+    for i in $FAKE_IDS; do echo "$i"; done ;;
+"network inspect") echo "172.21.0.0/16 172.21.0.128/25 172.21.0.1" ;;
+*) exit 1 ;;
+esac
+"""
+
+
+def test_rc_ente_start_at_boot_runs_compose_only_when_something_changed(tmp_path):
+    """At boot dockerd brings the containers back itself (restart: always): ``rc.ente
+    start`` then skips ``docker-compose up -d`` (and the one-shot provisioner it starts
+    again, 40-50 s of the boot under TCG) only when every long-running service runs and
+    nothing compose reads changed since its last good run: the compose file, .env,
+    stack.conf, an image's ID. A failed ``up -d`` forgets the stamp."""
+    from entelab import stack
+    (tmp_path / "docker").write_text(FAKE_DOCKER_STACK)
+    (tmp_path / "compose").write_text('#!/bin/sh\necho "compose $*" >> "$FAKE_LOG"; exit ${FAKE_COMPOSE_RC:-0}\n')
+    for f in ("docker", "compose"):
+        (tmp_path / f).chmod(0o755)
+    compose_file = tmp_path / "docker-compose.yml"
+    compose_file.write_text("services: {}\n")
+    (tmp_path / ".env").write_text("A=1\n")
+    conf = tmp_path / "stack.conf"
+    conf.write_text(f"COMPOSE_DIR={tmp_path}\nDATA_DIR={tmp_path}/data\nSTACK_PAYLOAD=standin\n"
+                    f"STACK_SERVICES='{' '.join(stack.SERVICES)}'\nSTACK_IMAGES='img/a:1 img/b:2'\n"
+                    "DOCKER_NETWORK=ente\nDOCKER_SUBNET=172.21.0.0/16\nDOCKER_IP_RANGE=172.21.0.128/25\n"
+                    "DOCKER_GATEWAY=172.21.0.1\n")
+    log = tmp_path / "calls.log"
+    everything = " ".join(s for s in stack.SERVICES if s != "ente-minio-provision")
+    env = {"STACK_CONF": str(conf), "STACK_STAMP": str(tmp_path / "stamp"), "DOCKER_CLI": str(tmp_path / "docker"),
+           "COMPOSE": str(tmp_path / "compose"), "FAKE_RUNNING": everything, "FAKE_IDS": "sha256:a sha256:b",
+           "FAKE_LOG": str(log)}
+
+    def start(**extra) -> tuple[bool, str]:
+        log.unlink(missing_ok=True)
+        r = rc("rc.ente", "start", {**env, **extra})
+        calls = log.read_text().splitlines() if log.exists() else []
+        ran = [c for c in calls if c.startswith("compose up -d")]
+        return bool(ran), r.stdout + r.stderr + f" rc={r.returncode}"
+
+    ran, out = start()
+    assert ran, out                                              # no stamp yet: compose runs
+    ran, out = start()
+    assert not ran and "already up" in out and "rc=0" in out, out
+    compose_file.write_text("services: {a: {}}\n")
+    assert start()[0]                                            # the compose file changed
+    assert not start()[0]
+    (tmp_path / ".env").write_text("A=2\n")
+    assert start()[0]                                            # .env changed
+    assert start(FAKE_IDS="sha256:a sha256:c")[0]                # an image was loaded again
+    assert not start(FAKE_IDS="sha256:a sha256:c")[0]
+    assert start(FAKE_IDS="sha256:a sha256:c", FAKE_RUNNING=everything.replace("ente-postgres", ""))[0]
+    compose_file.write_text("services: {b: {}}\n")
+    ran, out = start(FAKE_IDS="sha256:a sha256:c", FAKE_COMPOSE_RC="1")
+    assert ran and "rc=1" in out and not (tmp_path / "stamp").exists(), out
+    assert start(FAKE_IDS="sha256:a sha256:c")[0]                # the failed run left no stamp
