@@ -41,6 +41,8 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
     old_marker = guest.run(f"cat {certs.PEBBLE_MARKER}").stdout
     old_root = (paths.home / "acme-root.pem").read_text()
     old_serial = certs.served_serial(guest, settings.api_host, 443)
+    # the stack as docker-compose left it (stamped): the boot's rc.ente has nothing to redo
+    guest.run("/etc/rc.d/rc.ente start")
     guest.close()
 
     vm.down(paths)
@@ -74,6 +76,14 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
         assert "registering" in boot_log and "retired root kept): no re-issue" in boot_log, \
             boot_log[-3000:]
         assert "Keeping the retired ACME root" in boot_log, boot_log[-3000:]
+        # the boot's cuts: dockerd restored the unchanged stack, so rc.ente did not run
+        # docker-compose up -d again; lab.up did not run the boot's ACME refresh again
+        assert "Ente stack already up" in boot_log and "docker-compose up -d in" not in boot_log, \
+            boot_log[-3000:]
+        refreshed = int(g2.run("stat -c %Y /run/ente-lab/acme-refresh.done").stdout)
+        booted = int(g2.run("date -d \"$(systemctl show rc-slackware.service -p ActiveEnterTimestamp "
+                            "--value)\" +%s").stdout)
+        assert refreshed <= booted, (refreshed, booted)
         address = vm.state(paths)["address"]
         assert host_side_serial(paths, settings, address).upper() == old_serial.upper()
         # Museum trusts the retired root (its CA dir has the bundle): a code is delivered
