@@ -33,14 +33,20 @@ NO_TESTS_COLLECTED = 5
 HOST_WORKERS = 2
 
 
-def _pytest(paths: LabPaths, marker: str, k: str, tests: str) -> int:
+def _pytest(paths: LabPaths, marker: str, k: str, tests: str, deadline: float = 0) -> int:
+    """``deadline``: the VM tests' time budget ends then (epoch seconds; 0: none)."""
     cmd = [sys.executable, "-m", "pytest", "-m", marker, tests, "--durations=15"]
     if marker != "vm":
         cmd += ["-n", str(HOST_WORKERS)]
     if k:
         cmd += ["-k", k]
     info(f"$ pytest {' '.join(cmd[3:])}")
-    env = dict(os.environ, ENTE_LAB_VM_UP="1") if marker == "vm" else None
+    env = None
+    if marker == "vm":
+        env = dict(os.environ, ENTE_LAB_VM_UP="1")
+        env.pop("ENTE_LAB_DEADLINE", None)
+        if deadline:
+            env["ENTE_LAB_DEADLINE"] = f"{deadline:.0f}"
     return interactive(cmd, cwd=paths.root, env=env)
 
 
@@ -77,14 +83,14 @@ class Alongside:
 
 
 def _vm_run(paths: LabPaths, settings: Settings, k: str, keep: bool,
-            before: Callable[[], None] | None = None) -> int:
+            before: Callable[[], None] | None = None, deadline: float = 0) -> int:
     rc = 1
     try:
         if before is not None:
             before()                # the box built beside the host tests: its lines, its error
         lab.up(paths, settings)
         with stage("VM tests"):
-            rc = _pytest(paths, "vm", k, "tests/vm")
+            rc = _pytest(paths, "vm", k, "tests/vm", deadline=deadline)
             if rc == NO_TESTS_COLLECTED:
                 info("  no VM tests selected")
     except LabError as exc:
@@ -110,13 +116,10 @@ def run(paths: LabPaths, settings: Settings, which: str = "all", k: str = "",
     (tests/vm/conftest.py, `pytest.mark.budget`)."""
     if which not in ("host", "vm", "all"):
         raise StageFailed(f"unknown test selection {which!r}: host, vm or all")
+    deadline = time.time() + budget_min * 60 if budget_min else 0.0
     if budget_min:
-        deadline = time.time() + budget_min * 60
-        os.environ["ENTE_LAB_DEADLINE"] = f"{deadline:.0f}"
         info(f"  time budget: {budget_min} min, until {time.strftime('%H:%M:%S', time.localtime(deadline))} "
              "(the slowest VM tests that would end later are skipped; --budget 0: no limit)")
-    else:
-        os.environ.pop("ENTE_LAB_DEADLINE", None)
     rc_host = rc_vm = 0
     if which == "all":
         # host prerequisites first: the host tests validate with the real vagrant
@@ -138,7 +141,7 @@ def run(paths: LabPaths, settings: Settings, which: str = "all", k: str = "",
         except StageFailed:
             pass                        # reported by stage(); every failure in one run
     if which in ("vm", "all"):
-        rc_vm = _vm_run(paths, settings, k, keep, before=beside.join if beside else None)
+        rc_vm = _vm_run(paths, settings, k, keep, before=beside.join if beside else None, deadline=deadline)
         if rc_vm == NO_TESTS_COLLECTED and k:
             rc_vm = 0
     return rc_host or rc_vm

@@ -34,8 +34,11 @@ def domain_name(p: LabPaths) -> str:
     return f"{p.lab_id}_{MACHINE}"
 
 
+MGMT_SUFFIX = "-mgmt"
+
+
 def network_name(p: LabPaths) -> str:
-    return f"{p.lab_id}-mgmt"
+    return f"{p.lab_id}{MGMT_SUFFIX}"
 
 
 def domain_exists(p: LabPaths) -> bool:
@@ -147,7 +150,7 @@ def network_conflicts(mine: ipaddress.IPv4Network, own: str, networks: list[NetF
     holders = []
     for n in networks:
         if n.name != own and n.network is not None and n.network.overlaps(mine):
-            lab = n.name[:-len("-mgmt")] if n.name.endswith("-mgmt") else ""
+            lab = n.name.removesuffix(MGMT_SUFFIX) if n.name.endswith(MGMT_SUFFIX) else ""
             who = f" (another lab's: {lab}; its VM is {lab}_{MACHINE})" if lab.startswith("entelab-") else ""
             undo = (f"`./labctl lab.down` in that lab's checkout, or `virsh -c {LIBVIRT_URI} net-destroy "
                     f"{n.name}`" if n.active else f"`virsh -c {LIBVIRT_URI} net-undefine {n.name}`")

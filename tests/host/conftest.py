@@ -121,6 +121,19 @@ def lab_certs(tmp_path_factory, rendered) -> Certs:
     return Certs(ca_pem=base / "ca.pem", certdir=certdir)
 
 
+def serve_under_new_ca(certs: Path, name: str = "lab.example") -> tuple[bytes, Path]:
+    """A certificate laid out as dehydrated serves it (CERTS/NAME/cert.pem + chain.pem)
+    under a fresh trustme root + intermediate: the root's PEM and the certificate's dir."""
+    import trustme
+    root = trustme.CA()
+    leaf = root.create_child_ca().issue_cert(name)
+    d = certs / name
+    d.mkdir(parents=True)
+    (d / "cert.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
+    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems[1:]))
+    return root.cert_pem.bytes(), d
+
+
 def need(tool: str) -> str:
     """Absolute path of a real program. Missing means the host is not prepared:
     fail (CI installs it, see .ci/run), never skip."""

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import serve_under_new_ca
 
 SCRIPT = Path(__file__).resolve().parents[2] / "provision/guest/overlay/usr/local/sbin/ente-lab-acme-refresh"
 
@@ -40,16 +41,8 @@ def env(tmp_path):
 
 
 def serve_cert(env, name: str = "lab.example") -> bytes:
-    """A certificate as dehydrated lays it out (certs/NAME/cert.pem + chain.pem) under a
-    root + intermediate; returns the root's PEM."""
-    import trustme
-    root = trustme.CA()
-    leaf = root.create_child_ca().issue_cert(name)
-    d = env["base"] / "certs" / name
-    d.mkdir(parents=True)
-    (d / "cert.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
-    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems[1:]))
-    return root.cert_pem.bytes()
+    """A served certificate under a fresh root (conftest.serve_under_new_ca): its root's PEM."""
+    return serve_under_new_ca(env["base"] / "certs", name)[0]
 
 
 def dehydrated_args(env) -> list[str]:

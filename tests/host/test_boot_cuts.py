@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from conftest import serve_under_new_ca
 from test_rc_scripts import free_port, need, needs_root, pebble_env, pubtmp, rc  # noqa: F401
 
 BEGIN = "-----BEGIN CERTIFICATE-----"
@@ -175,19 +176,6 @@ def test_refresh_after_a_pebble_restart_keeps_the_account_key(pubtmp: Path):  # 
         rc("rc.pebble", "stop", pebble)
 
 
-def serve_under_new_ca(served: Path, name: str = "lab.example") -> tuple[str, Path]:
-    """A certificate laid out as dehydrated serves it (SERVED_CERTS/NAME/cert.pem +
-    chain.pem) under a fresh root + intermediate: the root's PEM and the cert dir."""
-    import trustme
-    root = trustme.CA()
-    leaf = root.create_child_ca().issue_cert(name)
-    d = served / name
-    d.mkdir(parents=True)
-    (d / "cert.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
-    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems[1:]))
-    return root.cert_pem.bytes().decode(), d
-
-
 @needs_root
 def test_a_retired_root_stays_trusted_while_a_served_certificate_chains_to_it(pubtmp: Path):  # noqa: F811
     """The boot cut (issue 11), natively with a real pebble: after a restart the previous
@@ -229,7 +217,8 @@ def test_a_retired_root_stays_trusted_while_a_served_certificate_chains_to_it(pu
         root1 = published.read_text()
         assert root1.count(BEGIN) == 1 and trusts() == 1
         # the last pebble's root (old) anchors the served certificate; root1 anchors nothing
-        old, d = serve_under_new_ca(served)
+        old_pem, d = serve_under_new_ca(served)
+        old = old_pem.decode()
         published.write_text(old + root1)
         time.sleep(1.1)
         r = rc("rc.pebble", "restart", env)

@@ -55,17 +55,20 @@ def test_a_bad_budget_is_refused_before_anything_runs(bad, monkeypatch):
 
 
 def test_the_budget_becomes_the_vm_tests_deadline(monkeypatch, tmp_path):
+    """In the VM pytest's environment only (not this process's): a deadline left in the
+    caller's environment by anything else is not passed on either."""
     import os
     import time
 
     from entelab import state, testrun
-    seen = {}
-    monkeypatch.setattr(testrun, "_vm_run", lambda *a, **k: seen.setdefault(
-        "deadline", os.environ.get("ENTE_LAB_DEADLINE")) and 0)
-    monkeypatch.delenv("ENTE_LAB_DEADLINE", raising=False)
+    seen: list[dict] = []
+    monkeypatch.setattr(testrun.lab, "up", lambda *a, **k: None)
+    monkeypatch.setattr(testrun, "interactive", lambda cmd, cwd, env: seen.append(env) or 0)
+    monkeypatch.setenv("ENTE_LAB_DEADLINE", "12345")
     t0 = time.time()
-    testrun.run(state.paths(tmp_path), None, which="vm", budget_min=80)
-    assert abs(float(seen["deadline"]) - (t0 + 80 * 60)) < 5
-    seen.clear()
-    testrun.run(state.paths(tmp_path), None, which="vm", budget_min=0)
-    assert seen["deadline"] is None
+    testrun.run(state.paths(tmp_path), None, which="vm", budget_min=80, keep=True)
+    assert abs(float(seen[-1]["ENTE_LAB_DEADLINE"]) - (t0 + 80 * 60)) < 5
+    assert seen[-1]["ENTE_LAB_VM_UP"] == "1"
+    assert os.environ["ENTE_LAB_DEADLINE"] == "12345"            # this process's is untouched
+    testrun.run(state.paths(tmp_path), None, which="vm", budget_min=0, keep=True)
+    assert "ENTE_LAB_DEADLINE" not in seen[-1]
