@@ -769,3 +769,69 @@ def test_rc_ente_start_at_boot_runs_compose_only_when_something_changed(tmp_path
     ran, out = start(FAKE_IDS="sha256:a sha256:c", FAKE_COMPOSE_RC="1")
     assert ran and "rc=1" in out and not (tmp_path / "stamp").exists(), out
     assert start(FAKE_IDS="sha256:a sha256:c")[0]                # the failed run left no stamp
+
+
+FAKE_DOCKER_IDS = """#!/bin/sh
+# docker for rc.ente reload: container IDs per service from $FAKE_STATE/<service>
+echo "docker $*" >> "$FAKE_LOG"
+case "$1" in
+info) exit 0 ;;
+ps)
+    for a in "$@"; do
+        case "$a" in label=com.docker.compose.service=*) cat "$FAKE_STATE/${a#*service=}" 2>/dev/null ;; esac
+    done ;;
+image) exit 0 ;;
+network) echo "172.21.0.0/16 172.21.0.128/25 172.21.0.1" ;;
+*) exit 0 ;;
+esac
+"""
+
+# compose: 'up -d' re-creates the services listed in $FAKE_RECREATES (a new ID each)
+FAKE_COMPOSE_IDS = """#!/bin/sh
+echo "compose $*" >> "$FAKE_LOG"
+if [ "$1 $2" = "up -d" ]; then
+    case " $* " in *" --force-recreate "*) ;; *)
+        for s in $FAKE_RECREATES; do echo "new-$s-$$" > "$FAKE_STATE/$s"; done ;;
+    esac
+fi
+exit 0
+"""
+
+
+@pytest.mark.parametrize("recreated_by_up, forced", [
+    ("ente-museum", []),                       # .env changed too: up -d re-created it already
+    ("", ["ente-museum"]),                     # only museum.yaml changed: re-create it
+    ("ente-postgres", ["ente-museum"]),        # another service re-created: still museum
+])
+def test_rc_ente_reload_recreates_a_service_once(tmp_path, recreated_by_up, forced):
+    """lab.converge names the services whose bind-mounted file changed; when 'up -d' has
+    just re-created one of them (its .env or compose lines changed in the same converge),
+    it started with the new files: no second re-creation (under TCG, Museum's start again)."""
+    (tmp_path / "docker").write_text(FAKE_DOCKER_IDS)
+    (tmp_path / "compose").write_text(FAKE_COMPOSE_IDS)
+    for f in ("docker", "compose"):
+        (tmp_path / f).chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    for s in ("ente-museum", "ente-postgres"):
+        (state / s).write_text(f"old-{s}\n")
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    conf = tmp_path / "stack.conf"
+    conf.write_text(f"COMPOSE_DIR={tmp_path}\nDATA_DIR={tmp_path}/data\nSTACK_PAYLOAD=standin\n"
+                    "STACK_IMAGES='img/a:1'\nDOCKER_NETWORK=ente\nDOCKER_SUBNET=172.21.0.0/16\n"
+                    "DOCKER_IP_RANGE=172.21.0.128/25\nDOCKER_GATEWAY=172.21.0.1\n")
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "RC_FUNCTIONS": str(RC_FUNCTIONS), "STACK_CONF": str(conf),
+           "STACK_STAMP": str(tmp_path / "stamp"), "DOCKER_CLI": str(tmp_path / "docker"),
+           "COMPOSE": str(tmp_path / "compose"), "FAKE_LOG": str(log), "FAKE_STATE": str(state),
+           "FAKE_RECREATES": recreated_by_up}
+    r = subprocess.run([str(RC_D / "rc.ente"), "reload", "ente-museum"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r
+    calls = log.read_text().splitlines()
+    ups = [c for c in calls if c.startswith("compose up -d")]
+    assert ups[0] == "compose up -d --remove-orphans", calls
+    again = [c.split()[5:] for c in ups if "--force-recreate" in c]
+    assert again == ([forced] if forced else []), calls
+    if not forced:
+        assert "ente-museum: re-created by docker-compose up -d already" in r.stdout, r.stdout
