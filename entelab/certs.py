@@ -139,13 +139,15 @@ def publish_root(guest: Guest, paths: LabPaths) -> tuple[Path, bool]:
     return dest, pem != old
 
 
-def issue_with(guest: Guest, paths: LabPaths, force: bool = False, if_stale: bool = False) -> str:
-    """``if_stale``: lab.up's call right after a boot, whose rc.M ran the same script:
-    the guest script skips dehydrated when that run's inputs are unchanged."""
+def issue_with(guest: Guest, paths: LabPaths, mode: str = "") -> str:
+    """``mode``: the refresh script's option: "" (renew when due), "--force" (lab.renew),
+    "--if-stale" (lab.up right after a boot, whose rc.M ran the same script: dehydrated
+    is skipped when that run's inputs are unchanged)."""
+    assert mode in ("", "--force", "--if-stale"), mode
     ensure_pebble(guest)
     # The guest script re-registers when pebble restarted since
     # the last registration; rc.M runs the same script at every boot.
-    cmd = REFRESH + (" --force" if force else " --if-stale" if if_stale else "")
+    cmd = f"{REFRESH} {mode}".rstrip()
     res = guest.run(f"{cmd} 2>&1", check=False)
     if not res.ok:
         raise GuestCommandError(cmd, res.exited, guest.redact(res.output), hint=failure_hint(res.output))
@@ -153,10 +155,10 @@ def issue_with(guest: Guest, paths: LabPaths, force: bool = False, if_stale: boo
     return res.output
 
 
-def issue(guest: Guest, paths: LabPaths, if_stale: bool = False) -> None:
+def issue(guest: Guest, paths: LabPaths, mode: str = "") -> None:
     with stage("certs: issue from the lab CA (pebble) with dehydrated",
                hint="./labctl lab.ssh --command 'sudo /etc/rc.d/rc.pebble status'"):
-        out = issue_with(guest, paths, if_stale=if_stale)
+        out = issue_with(guest, paths, mode)
         for line in out.splitlines()[-8:]:
             info(f"  {line}")
 
@@ -165,7 +167,7 @@ def renew_with(guest: Guest, paths: LabPaths, settings: Settings) -> dict:
     conf = dehydrated_conf(settings)
     before = {"apache": served_serial(guest, settings.api_host, 443),
               "postfix": served_serial(guest, settings.mail_host, 587, starttls=True)}
-    out = issue_with(guest, paths, force=True)
+    out = issue_with(guest, paths, "--force")
     after = {"apache": served_serial(guest, settings.api_host, 443),
              "postfix": served_serial(guest, settings.mail_host, 587, starttls=True),
              "file": file_serial(guest, conf)}

@@ -65,7 +65,7 @@ def up(paths: LabPaths, settings: Settings, workshop: bool = False) -> None:
         return
     converge.converge(g, paths)
     # the boot's rc.M ran the refresh: it is not run again when nothing it reads changed
-    certs.issue(g, paths, if_stale=True)
+    certs.issue(g, paths, "--if-stale")
     health.smoke(g, settings)
     stack.start(g, settings)
     stack.smoke(g, settings)

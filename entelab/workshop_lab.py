@@ -85,7 +85,7 @@ def make_base(guest: Guest, paths: LabPaths, settings: Settings) -> None:
     its starting state; then the snapshot workshop-base (replacing an older one)."""
     from . import certs
     converge.converge(guest, paths)
-    certs.issue(guest, paths, if_stale=True)     # lab.up --workshop: right after the boot's run
+    certs.issue(guest, paths, "--if-stale")     # lab.up --workshop: right after the boot's run
     plan = workshop.plan_for(rendered_pairs(paths), [], settings)
     apply_plan(guest, paths, plan, "the article's assumptions in place, every step left to do")
     if workshop.BASE_SNAPSHOT in snapshot.names(paths):
