@@ -32,10 +32,12 @@ def env(tmp_path):
     lab = tmp_path / "ente-lab"
     lab.mkdir()
     return {"base": base, "log": log, "marker": marker, "lab": lab, "done": tmp_path / "refresh.done",
+            "cron_done": tmp_path / "cron.done",
             "sudo": bindir / "sudo",
             "env": {**os.environ, "ACME_CONF": str(conf), "PEBBLE_MARKER": str(marker),
                     "ACME_REFRESH_LOCK": str(tmp_path / "lock"), "ENTE_LAB_DIR": str(lab),
                     "ACME_REFRESH_DONE": str(tmp_path / "refresh.done"),
+                    "ACME_CRON_DONE": str(tmp_path / "cron.done"),
                     "RC_PEBBLE": str(bindir / "rc.pebble"),
                     "PATH": f"{bindir}:{os.environ['PATH']}"}}
 
@@ -154,3 +156,69 @@ def test_if_stale_skips_only_a_recent_good_run_of_the_same_inputs(env):
     env["marker"].write_text("start 2\n")                       # pebble started again
     assert run(env, "--if-stale").returncode == 0
     assert [a.split()[0] for a in dehydrated_args(env)] == ["--register", "--cron"]
+
+
+def test_boot_runs_cron_only_when_a_certificate_is_due_or_an_input_changed(env):
+    """rc.M's ``--boot`` (issue 11): after the registration, ``dehydrated --cron`` is left out
+    when it would renew nothing (dehydrated's own ``-checkend RENEW_DAYS`` test and the
+    inputs of its last good run); a due certificate, a changed name list or config, a
+    forced re-issue or no earlier good run all run it as before."""
+    import datetime
+
+    import trustme
+    (env["base"] / "config").write_text('CA=x\nRENEW_DAYS="30"\n')
+    (env["base"] / "domains.txt").write_text("lab.example\n")
+    root = trustme.CA()
+    leaf = root.create_child_ca().issue_cert("lab.example")
+    d = env["base"] / "certs" / "lab.example"
+    d.mkdir(parents=True)
+    (d / "cert.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
+    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems[1:]))
+    (env["lab"] / "acme-root.pem").write_bytes(trustme.CA().cert_pem.bytes() + root.cert_pem.bytes())
+
+    env["marker"].write_text("start 1\n")
+    assert run(env, "--boot").returncode == 0           # no earlier good --cron: it runs
+    assert dehydrated_args(env) == ["--register --accept-terms", "--cron"]
+    assert env["cron_done"].exists()
+    env["log"].unlink()
+
+    env["marker"].write_text("start 2\n")              # the next boot: registers, no --cron
+    res = run(env, "--boot")
+    assert res.returncode == 0, res.stderr
+    assert dehydrated_args(env) == ["--register --accept-terms"]
+    assert "no certificate expires within RENEW_DAYS" in res.stdout and "not run at boot" in res.stdout
+    env["log"].unlink()
+    res = run(env, "--if-stale")                        # lab.up after it: nothing again
+    assert res.returncode == 0 and "not run again" in res.stdout and calls(env) == []
+
+    (env["base"] / "domains.txt").write_text("lab.example www.lab.example\n")   # a new name
+    env["marker"].write_text("start 3\n")
+    assert run(env, "--boot").returncode == 0
+    assert dehydrated_args(env)[-1] == "--cron"
+    env["log"].unlink()
+
+    # a certificate that expires in 10 days (RENEW_DAYS 30): due, so --cron renews it
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=10)
+    due = root.create_child_ca().issue_cert("lab.example", not_after=soon)
+    (d / "cert.pem").write_bytes(due.cert_chain_pems[0].bytes())
+    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in due.cert_chain_pems[1:]))
+    assert run(env).returncode == 0                     # a good --cron stamps this state...
+    env["log"].unlink()
+    env["marker"].write_text("start 4\n")
+    res = run(env, "--boot")                            # ...yet the boot renews: it is due
+    assert dehydrated_args(env)[-1] == "--cron", res.stdout
+    assert "cert.pem expires within RENEW_DAYS" in res.stdout
+    env["log"].unlink()
+    (env["base"] / "config").write_text('CA=x\nRENEW_DAYS="5"\n')   # renew later: not due, but
+    env["marker"].write_text("start 5\n")                            # the config changed
+    assert run(env, "--boot").returncode == 0 and dehydrated_args(env)[-1] == "--cron"
+    env["log"].unlink()
+    env["marker"].write_text("start 6\n")
+    assert run(env, "--boot").returncode == 0 and dehydrated_args(env) == ["--register --accept-terms"]
+    env["log"].unlink()
+
+    # a failed --cron leaves no stamp of its own: the next boot runs it again
+    env["cron_done"].unlink()
+    env["marker"].write_text("start 7\n")
+    env["sudo"].write_text(f"#!/bin/sh\necho \"$*\" >> {env['log']}\ncase \"$*\" in *--cron*) exit 1;; esac\n")
+    assert run(env, "--boot").returncode == 1 and not env["cron_done"].exists()

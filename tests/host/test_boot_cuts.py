@@ -92,7 +92,8 @@ def test_rc_m_starts_docker_alongside_the_acme_refresh(tmp_path: Path):
         (d / f"rc.{s}").write_text("#!/bin/sh\n" + body)
         (d / f"rc.{s}").chmod(0o755)
     refresh = tmp_path / "refresh"
-    refresh.write_text(f'#!/bin/sh\necho "refresh begin" >> {log}; sleep 1; echo "refresh end" >> {log}\n')
+    refresh.write_text(f'#!/bin/sh\necho "refresh begin" >> {log}; echo "refresh args: $*" >> {log}; '
+                       f'sleep 1; echo "refresh end" >> {log}\n')
     refresh.chmod(0o755)
     shutil.copy(RC_D / "rc.M", d / "rc.M")
     from entelab import vocab
@@ -108,13 +109,14 @@ def test_rc_m_starts_docker_alongside_the_acme_refresh(tmp_path: Path):
     assert pos["docker begin"] < pos["refresh end"] and pos["refresh begin"] < pos["docker end"]
     # the stack comes after docker, both in the background of the refresh
     assert pos["docker end"] < pos["ente start"]
+    assert "refresh args: --boot" in pos          # dehydrated --cron only when something is due
     # empty RC_BACKGROUND: strictly in order, refresh last
     log.unlink()
     r = subprocess.run([str(d / "rc.M"), "start"], env={**env, "RC_BACKGROUND": ""},
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert log.read_text().splitlines()[-5:] == ["docker begin", "docker end", "ente start",
-                                                 "refresh begin", "refresh end"]
+    assert log.read_text().splitlines()[-6:] == ["docker begin", "docker end", "ente start",
+                                                 "refresh begin", "refresh args: --boot", "refresh end"]
 
 
 REFRESH = Path(__file__).resolve().parents[2] / "provision/guest/overlay/usr/local/sbin/ente-lab-acme-refresh"
@@ -141,7 +143,8 @@ def test_refresh_after_a_pebble_restart_keeps_the_account_key(pubtmp: Path):  # 
                     f"CHAINCACHE={pubtmp}/chains\nSTATEDIR={pubtmp}/state\n")
     env = {**os.environ, "ACME_CONF": str(conf), "PEBBLE_MARKER": pebble["PEBBLE_MARKER"],
            "ACME_REFRESH_LOCK": str(pubtmp / "refresh.lock"),
-           "ACME_REFRESH_DONE": str(pubtmp / "refresh.done")}
+           "ACME_REFRESH_DONE": str(pubtmp / "refresh.done"),
+           "ACME_CRON_DONE": str(pubtmp / "cron.done")}
 
     def refresh():
         r = subprocess.run([str(REFRESH)], env=env, capture_output=True, text=True, timeout=300)

@@ -772,13 +772,31 @@ def test_rc_ente_start_at_boot_runs_compose_only_when_something_changed(tmp_path
 
 
 FAKE_DOCKER_IDS = """#!/bin/sh
-# docker for rc.ente reload: container IDs per service from $FAKE_STATE/<service>
+# docker for rc.ente reload: container IDs per service from $FAKE_STATE/<service>, a
+# service's network mode from $FAKE_STATE/mode.<service> (else "default")
 echo "docker $*" >> "$FAKE_LOG"
 case "$1" in
 info) exit 0 ;;
 ps)
-    for a in "$@"; do
-        case "$a" in label=com.docker.compose.service=*) cat "$FAKE_STATE/${a#*service=}" 2>/dev/null ;; esac
+    case " $* " in
+    *label=com.docker.compose.service=*)
+        for a in "$@"; do
+            case "$a" in label=com.docker.compose.service=*) cat "$FAKE_STATE/${a#*service=}" 2>/dev/null ;; esac
+        done ;;
+    *) cat "$FAKE_STATE"/ente-* ;;
+    esac ;;
+inspect)
+    shift; fmt=$2; shift 2
+    for id in "$@"; do
+        svc=$(grep -lx "$id" "$FAKE_STATE"/ente-* 2>/dev/null | head -n 1)
+        svc=${svc##*/}
+        mode=$(cat "$FAKE_STATE/mode.$svc" 2>/dev/null || echo default)
+        case "$fmt" in
+        *NetworkMode*service*) echo "$mode $svc" ;;
+        *NetworkMode*) echo "$mode" ;;
+        *Running*) if [ -n "$svc" ]; then echo true; else echo false; fi ;;
+        *service*) echo "$svc" ;;
+        esac
     done ;;
 image) exit 0 ;;
 network) echo "172.21.0.0/16 172.21.0.128/25 172.21.0.1" ;;
@@ -786,35 +804,47 @@ network) echo "172.21.0.0/16 172.21.0.128/25 172.21.0.1" ;;
 esac
 """
 
-# compose: 'up -d' re-creates the services listed in $FAKE_RECREATES (a new ID each)
+# compose: 'up -d' re-creates the services listed in $FAKE_RECREATES, '--force-recreate'
+# the ones named (a new ID each); ente-socat joins ente-museum's network when created
 FAKE_COMPOSE_IDS = """#!/bin/sh
 echo "compose $*" >> "$FAKE_LOG"
 if [ "$1 $2" = "up -d" ]; then
-    case " $* " in *" --force-recreate "*) ;; *)
-        for s in $FAKE_RECREATES; do echo "new-$s-$$" > "$FAKE_STATE/$s"; done ;;
+    case " $* " in
+    *" --force-recreate "*) again=$(echo "$*" | sed 's/.*--force-recreate//') ;;
+    *) again=$FAKE_RECREATES ;;
     esac
+    for s in $again; do
+        echo "new-$s-$$" > "$FAKE_STATE/$s"
+        [ "$s" = ente-socat ] && echo "container:$(cat "$FAKE_STATE/ente-museum")" > "$FAKE_STATE/mode.ente-socat"
+    done
 fi
 exit 0
 """
 
 
 @pytest.mark.parametrize("recreated_by_up, forced", [
-    ("ente-museum", []),                       # .env changed too: up -d re-created it already
-    ("", ["ente-museum"]),                     # only museum.yaml changed: re-create it
-    ("ente-postgres", ["ente-museum"]),        # another service re-created: still museum
+    # .env changed too: up -d re-created museum already; socat, left without its
+    # network, rejoins after it
+    ("ente-museum", [["ente-socat"]]),
+    # only museum.yaml changed: museum re-created, and socat in the same compose call
+    ("", [["ente-museum", "ente-socat"]]),
+    ("ente-postgres", [["ente-museum", "ente-socat"]]),   # another service re-created: same
 ])
 def test_rc_ente_reload_recreates_a_service_once(tmp_path, recreated_by_up, forced):
     """lab.converge names the services whose bind-mounted file changed; when 'up -d' has
     just re-created one of them (its .env or compose lines changed in the same converge),
-    it started with the new files: no second re-creation (under TCG, Museum's start again)."""
+    it started with the new files: no second re-creation (under TCG, Museum's start again).
+    A service sharing the re-created one's network (socat: network_mode service:ente-museum)
+    is re-created in the same compose call, not by a second one afterwards."""
     (tmp_path / "docker").write_text(FAKE_DOCKER_IDS)
     (tmp_path / "compose").write_text(FAKE_COMPOSE_IDS)
     for f in ("docker", "compose"):
         (tmp_path / f).chmod(0o755)
     state = tmp_path / "state"
     state.mkdir()
-    for s in ("ente-museum", "ente-postgres"):
+    for s in ("ente-museum", "ente-postgres", "ente-socat"):
         (state / s).write_text(f"old-{s}\n")
+    (state / "mode.ente-socat").write_text("container:old-ente-museum-and-the-rest-of-its-id\n")
     (tmp_path / "docker-compose.yml").write_text("services: {}\n")
     conf = tmp_path / "stack.conf"
     conf.write_text(f"COMPOSE_DIR={tmp_path}\nDATA_DIR={tmp_path}/data\nSTACK_PAYLOAD=standin\n"
@@ -832,6 +862,9 @@ def test_rc_ente_reload_recreates_a_service_once(tmp_path, recreated_by_up, forc
     ups = [c for c in calls if c.startswith("compose up -d")]
     assert ups[0] == "compose up -d --remove-orphans", calls
     again = [c.split()[5:] for c in ups if "--force-recreate" in c]
-    assert again == ([forced] if forced else []), calls
-    if not forced:
+    assert again == forced, calls
+    # socat ends joined to the Museum container that runs now
+    assert (state / "mode.ente-socat").read_text().strip() == \
+        "container:" + (state / "ente-museum").read_text().strip(), calls
+    if recreated_by_up == "ente-museum":
         assert "ente-museum: re-created by docker-compose up -d already" in r.stdout, r.stdout
