@@ -10,6 +10,7 @@ trustme CA plus one leaf for every lab name, laid out like dehydrated's
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.server
 import os
 import shutil
@@ -121,14 +122,16 @@ def lab_certs(tmp_path_factory, rendered) -> Certs:
     return Certs(ca_pem=base / "ca.pem", certdir=certdir)
 
 
-def serve_under_new_ca(certs: Path, name: str = "lab.example") -> tuple[bytes, Path]:
-    """A certificate laid out as dehydrated serves it (CERTS/NAME/cert.pem + chain.pem)
-    under a fresh trustme root + intermediate: the root's PEM and the certificate's dir."""
+def serve_under_new_ca(certs: Path, name: str = "lab.example",
+                       not_after: datetime.datetime | None = None) -> tuple[bytes, Path]:
+    """A certificate laid out as dehydrated serves it (CERTS/NAME/cert.pem + chain.pem,
+    replacing one there) under a fresh trustme root + intermediate, valid until
+    NOT_AFTER (trustme's default otherwise): the root's PEM and the certificate's dir."""
     import trustme
     root = trustme.CA()
-    leaf = root.create_child_ca().issue_cert(name)
+    leaf = root.create_child_ca().issue_cert(name, not_after=not_after)
     d = certs / name
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     (d / "cert.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
     (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems[1:]))
     return root.cert_pem.bytes(), d

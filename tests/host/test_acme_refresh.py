@@ -168,13 +168,8 @@ def test_boot_runs_cron_only_when_a_certificate_is_due_or_an_input_changed(env):
     import trustme
     (env["base"] / "config").write_text('CA=x\nRENEW_DAYS="30"\n')
     (env["base"] / "domains.txt").write_text("lab.example\n")
-    root = trustme.CA()
-    leaf = root.create_child_ca().issue_cert("lab.example")
-    d = env["base"] / "certs" / "lab.example"
-    d.mkdir(parents=True)
-    (d / "cert.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
-    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems[1:]))
-    (env["lab"] / "acme-root.pem").write_bytes(trustme.CA().cert_pem.bytes() + root.cert_pem.bytes())
+    current = trustme.CA().cert_pem.bytes()              # the new pebble's root, first
+    (env["lab"] / "acme-root.pem").write_bytes(current + serve_cert(env))
 
     env["marker"].write_text("start 1\n")
     assert run(env, "--boot").returncode == 0           # no earlier good --cron: it runs
@@ -198,10 +193,9 @@ def test_boot_runs_cron_only_when_a_certificate_is_due_or_an_input_changed(env):
     env["log"].unlink()
 
     # a certificate that expires in 10 days (RENEW_DAYS 30): due, so --cron renews it
-    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=10)
-    due = root.create_child_ca().issue_cert("lab.example", not_after=soon)
-    (d / "cert.pem").write_bytes(due.cert_chain_pems[0].bytes())
-    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in due.cert_chain_pems[1:]))
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=10)
+    root, _ = serve_under_new_ca(env["base"] / "certs", "lab.example", not_after=soon)
+    (env["lab"] / "acme-root.pem").write_bytes(current + root)
     assert run(env).returncode == 0                     # a good --cron stamps this state...
     env["log"].unlink()
     env["marker"].write_text("start 4\n")
