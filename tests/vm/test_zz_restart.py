@@ -2,8 +2,8 @@
 
 The same VM comes back with its disk intact; the rc.d scripts bring every
 service back at boot (one rc unit, as Slackware's rc.M); pebble restarted with
-a new root and no accounts. The boot registers dehydrated's account again and
-keeps serving the certificate it had (as a Let's Encrypt one outlives a reboot):
+a new root and no accounts. The boot registers dehydrated's account again (and runs
+no `dehydrated --cron`: nothing is due) and keeps serving the certificate it had (as a Let's Encrypt one outlives a reboot):
 the lab keeps trusting the retired root it chains to, host-side clients and
 Museum verify it. A forced renewal after the boot then goes through the new
 pebble and the hook's reloads, and the retired root leaves the bundle. The Ente
@@ -41,8 +41,10 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
     old_marker = guest.run(f"cat {certs.PEBBLE_MARKER}").stdout
     old_root = (paths.home / "acme-root.pem").read_text()
     old_serial = certs.served_serial(guest, settings.api_host, 443)
-    # the stack as docker-compose left it (stamped): the boot's rc.ente has nothing to redo
+    # the stack as docker-compose left it (stamped): the boot's rc.ente has nothing to redo;
+    # the certificates as dehydrated --cron left them (stamped): nor has the boot's refresh
     guest.run("/etc/rc.d/rc.ente start")
+    guest.run("/usr/local/sbin/ente-lab-acme-refresh --if-stale")
     guest.close()
 
     vm.down(paths)
@@ -79,6 +81,9 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
         # the boot's cuts: dockerd restored the unchanged stack, so rc.ente did not run
         # docker-compose up -d again; lab.up did not run the boot's ACME refresh again
         assert "Ente stack already up" in boot_log and "docker-compose up -d in" not in boot_log, \
+            boot_log[-3000:]
+        # ...and the boot's refresh registered only: no certificate due, nothing changed
+        assert "not run at boot" in boot_log and "dehydrated --cron (renew" not in boot_log, \
             boot_log[-3000:]
         refreshed = int(g2.run("stat -c %Y /run/ente-lab/acme-refresh.done").stdout)
         booted = int(g2.run("date -d \"$(systemctl show rc-slackware.service -p ActiveEnterTimestamp "
