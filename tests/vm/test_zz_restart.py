@@ -3,8 +3,8 @@
 The same VM comes back with its disk intact; the rc.d scripts bring every
 service back at boot (one rc unit, as Slackware's rc.M); pebble restarted with
 a new root and no accounts. The boot registers dehydrated's account again (and runs
-no `dehydrated --cron`: nothing is due) and keeps serving the certificate it had (as a Let's Encrypt one outlives a reboot):
-the lab keeps trusting the retired root it chains to, host-side clients and
+no `dehydrated --cron`: nothing is due) and keeps serving the certificate it had
+(as a Let's Encrypt one outlives a reboot): the lab keeps trusting the retired root it chains to, host-side clients and
 Museum verify it. A forced renewal after the boot then goes through the new
 pebble and the hook's reloads, and the retired root leaves the bundle. The Ente
 stack comes back with the boot and answers /ping through Apache.
