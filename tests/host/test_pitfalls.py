@@ -78,8 +78,9 @@ _SECRETS: list = []
 def _secrets():
     if not _SECRETS:
         from entelab import secrets as secrets_mod
-        path = Path(tempfile.mkdtemp(prefix="entelab-pitfall-secrets-")) / "s.yaml"
-        _SECRETS.append(secrets_mod.load_or_create(path)[0])
+        # generated once, kept in memory: nothing of them stays in /tmp
+        with tempfile.TemporaryDirectory(prefix="entelab-pitfall-secrets-") as d:
+            _SECRETS.append(secrets_mod.load_or_create(Path(d) / "s.yaml")[0])
     return _SECRETS[0]
 
 
