@@ -39,9 +39,8 @@ class Service:
     name: str            # as rc.M and lab.status name it
     rc_script: str       # /etc/rc.d/<rc_script>
     daemon: str          # the process that must run while the service is up
-    # started by rc.M in the background (at its place in SERVICES, in order among
-    # themselves) of the services after it and the boot's ACME refresh (they take
-    # no part in those): a boot then costs the longer of the two, not both
+    # started by rc.M in the background of the boot's ACME refresh (they take no
+    # part in it): a boot then costs the longer of the two, not both
     background: bool = False
 
     @property
@@ -50,20 +49,15 @@ class Service:
         return f"{self.name} background" if self.background else self.name
 
 
-# The guest's services, in the order rc.M starts them (stopped in reverse). DNS first
-# (pebble validates through it); pebble before docker: its start publishes the new root
-# to the containers' trust dir, so Museum starts trusting it (a running Museum would be
-# restarted); docker and the stack then come back (minutes under TCG) beside SASL,
-# Postfix (needs saslauthd), Apache and the ACME refresh (needs Apache), which the
-# stack does not need to start.
+# The guest's services, in the order rc.M starts them (stopped in reverse).
 SERVICES: tuple[Service, ...] = (
     Service("dnsmasq", "rc.dnsmasq", "dnsmasq"),
-    Service("pebble", "rc.pebble", "pebble"),
-    Service("docker", "rc.docker", "dockerd", background=True),
-    Service("ente", "rc.ente", "containerd-shim-runc-v2", background=True),
     Service("saslauthd", "rc.saslauthd", "saslauthd"),
     Service("postfix", "rc.postfix", "master"),
+    Service("pebble", "rc.pebble", "pebble"),
     Service("httpd", "rc.httpd", "apache2"),
+    Service("docker", "rc.docker", "dockerd", background=True),
+    Service("ente", "rc.ente", "containerd-shim-runc-v2", background=True),
 )
 SERVICE_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
 

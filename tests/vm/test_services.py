@@ -20,7 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.vm
 
-SERVICES = ["dnsmasq", "pebble", "docker", "saslauthd", "postfix", "httpd"]
+SERVICES = ["dnsmasq", "saslauthd", "postfix", "pebble", "httpd", "docker"]
 # reference seconds in CI of the slow lifecycles: tests/vm/conftest.py's time budget
 LIFECYCLE_REF = {"docker": 106, "pebble": 90}
 STATUS_NAME = {"docker": "dockerd"}  # what "rc.X status" calls the daemon
@@ -130,7 +130,7 @@ def test_rc_unit_started_every_service_at_boot(guest):
         assert f"rc.{svc} start FAILED" not in log, log
     assert "all enabled services started" in log
     order = [log.index(f"/etc/rc.d/rc.{svc} start") for svc in SERVICES]
-    assert order == sorted(order), "rc.M must start dnsmasq pebble docker saslauthd postfix httpd in order"
+    assert order == sorted(order), "rc.M must start dnsmasq saslauthd postfix pebble httpd docker in order"
 
 
 @pytest.mark.parametrize("unit", MASKED)
