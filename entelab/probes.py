@@ -30,10 +30,11 @@ _PRELUDE = textwrap.dedent("""
 HTTPS_GET = _PRELUDE + textwrap.dedent("""
     host, path, port = ARGS["host"], ARGS["path"], ARGS.get("port", 443)
     scheme = ARGS.get("scheme", "https")
+    timeout = ARGS.get("timeout", 20)
     if scheme == "https":
-        conn = http.client.HTTPSConnection(host, port, context=ctx(), timeout=20)
+        conn = http.client.HTTPSConnection(host, port, context=ctx(), timeout=timeout)
     else:
-        conn = http.client.HTTPConnection(host, port, timeout=20)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
     conn.request(ARGS.get("method", "GET"), path, body=ARGS.get("body"), headers=ARGS.get("headers", {}))
     # the certificate before the response: a "Connection: close" answer closes the socket
     cert = conn.sock.getpeercert() if scheme == "https" else {}
@@ -92,6 +93,8 @@ def probe(guest: Guest, program: str, args: dict, name: str, netns: str = "") ->
 
 
 def https_get(guest: Guest, host: str, path: str = "/", **kw: Any) -> dict[str, Any]:
+    """One request (``method``, ``body``, ``headers``; ``timeout`` per socket operation,
+    20 s unless given): status, headers, body, and the served certificate's serial and names."""
     return probe(guest, HTTPS_GET, {"host": host, "path": path, **kw}, f"HTTPS probe of {host}{path}")
 
 
