@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rich.table import Table
 
@@ -139,11 +140,14 @@ def publish_root(guest: Guest, paths: LabPaths) -> tuple[Path, bool]:
     return dest, pem != old
 
 
-def issue_with(guest: Guest, paths: LabPaths, mode: str = "") -> str:
-    """``mode``: the refresh script's option: "" (renew when due), "--force" (lab.renew),
-    "--if-stale" (lab.up right after a boot, whose rc.M ran the same script: dehydrated
-    is skipped when that run's inputs are unchanged)."""
-    assert mode in ("", "--force", "--if-stale"), mode
+# the refresh script's option, as the host calls it ("--boot" is rc.M's alone)
+RefreshMode = Literal["", "--force", "--if-stale"]
+
+
+def issue_with(guest: Guest, paths: LabPaths, mode: RefreshMode = "") -> str:
+    """``mode``: "" (renew when due), "--force" (lab.renew), "--if-stale" (lab.up right
+    after a boot, whose rc.M ran the same script: dehydrated is skipped when that run's
+    inputs are unchanged)."""
     ensure_pebble(guest)
     # The guest script re-registers when pebble restarted since
     # the last registration; rc.M runs the same script at every boot.
@@ -155,7 +159,7 @@ def issue_with(guest: Guest, paths: LabPaths, mode: str = "") -> str:
     return res.output
 
 
-def issue(guest: Guest, paths: LabPaths, mode: str = "") -> None:
+def issue(guest: Guest, paths: LabPaths, mode: RefreshMode = "") -> None:
     with stage("certs: issue from the lab CA (pebble) with dehydrated",
                hint="./labctl lab.ssh --command 'sudo /etc/rc.d/rc.pebble status'"):
         out = issue_with(guest, paths, mode)
