@@ -30,7 +30,11 @@ def host_side_serial(paths, settings, address: str) -> str:
 
 
 @pytest.mark.budget(266, keep=True)    # the run's one halt and boot: always run, last
-def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, settings):
+def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, settings, pristine):
+    # from the run's pristine snapshot: the stack as docker-compose left it (stamped) and
+    # the certificates as the first `dehydrated --cron` left them (stamped), so the boot's
+    # rc.ente and ACME refresh have nothing to redo, whatever the tests before this one did
+    pristine.restore()
     token = uuid.uuid4().hex
     guest.run(f"echo {token} > ~/persist-check && sync", sudo=False)
     # a Museum user row, kept in PostgreSQL's data dir on the VM's disk
@@ -41,10 +45,7 @@ def test_down_up_keeps_disk_restarts_services_and_renewals_work(guest, paths, se
     old_marker = guest.run(f"cat {certs.PEBBLE_MARKER}").stdout
     old_root = (paths.home / "acme-root.pem").read_text()
     old_serial = certs.served_serial(guest, settings.api_host, 443)
-    # the stack as docker-compose left it (stamped): the boot's rc.ente has nothing to redo;
-    # the certificates as dehydrated --cron left them (stamped): nor has the boot's refresh
-    guest.run("/etc/rc.d/rc.ente start")
-    guest.run("/usr/local/sbin/ente-lab-acme-refresh --if-stale")
+    guest.run("/etc/rc.d/rc.ente start")   # stamps the stack if the snapshot's stamp is missing
     guest.close()
 
     vm.down(paths)
