@@ -61,6 +61,10 @@ def test_host_side_runs_on_workers_and_vm_side_on_one(recorded):
     assert host_cmd[host_cmd.index("-n") + 1] == str(testrun.HOST_WORKERS) and "not vm" in host_cmd
     assert "-n" not in vm_cmd and vm_cmd[vm_cmd.index("-m", 3) + 1] == "vm"
     assert "--durations=15" in host_cmd and "--durations=15" in vm_cmd
+    # every test's duration is kept, one report per side, for comparing runs
+    assert f"--junitxml={paths.root}/build/test-reports/host.xml" in host_cmd
+    assert f"--junitxml={paths.root}/build/test-reports/vm.xml" in vm_cmd
+    assert (paths.root / "build" / "test-reports").is_dir()
 
 
 def test_failing_host_tests_say_failed_and_the_vm_tests_still_run(recorded, capsys):
