@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from . import box as boxmod
 from . import host, lab, vm
@@ -37,8 +36,9 @@ HOST_WORKERS = 2
 def _pytest(paths: LabPaths, marker: str, k: str, tests: str, deadline: float = 0) -> int:
     """``deadline``: the VM tests' time budget ends then (epoch seconds; 0: none).
     pytest prints the 15 slowest; every test's duration and outcome (skip reasons too) is
-    kept in build/test-reports/{host,vm}.xml (JUnit XML) for comparing runs."""
-    junit = Path(paths.root) / "build" / "test-reports" / f"{'vm' if marker == 'vm' else 'host'}.xml"
+    kept beside the run's other logs, <state dir>/logs/{host,vm}-tests.xml (JUnit XML), for
+    comparing runs."""
+    junit = paths.logs / f"{'vm' if marker == 'vm' else 'host'}-tests.xml"
     junit.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pytest", "-m", marker, tests, "--durations=15",
            f"--junitxml={junit}"]

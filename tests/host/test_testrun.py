@@ -47,6 +47,7 @@ def recorded(monkeypatch, tmp_path):
 
     class Paths:
         root = tmp_path
+        logs = tmp_path / "state" / "logs"
     return calls, answers, Paths()
 
 
@@ -62,9 +63,9 @@ def test_host_side_runs_on_workers_and_vm_side_on_one(recorded):
     assert "-n" not in vm_cmd and vm_cmd[vm_cmd.index("-m", 3) + 1] == "vm"
     assert "--durations=15" in host_cmd and "--durations=15" in vm_cmd
     # every test's duration is kept, one report per side, for comparing runs
-    assert f"--junitxml={paths.root}/build/test-reports/host.xml" in host_cmd
-    assert f"--junitxml={paths.root}/build/test-reports/vm.xml" in vm_cmd
-    assert (paths.root / "build" / "test-reports").is_dir()
+    assert f"--junitxml={paths.logs}/host-tests.xml" in host_cmd
+    assert f"--junitxml={paths.logs}/vm-tests.xml" in vm_cmd
+    assert paths.logs.is_dir()
 
 
 def test_failing_host_tests_say_failed_and_the_vm_tests_still_run(recorded, capsys):
