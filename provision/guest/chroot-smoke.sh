@@ -37,6 +37,9 @@ inside_checks() {
     sed -i '/ente-lab-smoke/d' /etc/hosts
     check "testsaslauthd answers" bash -c 'testsaslauthd -u nosuchuser -p x | grep -q "^0: NO"'
     check "postfix check" postfix check
+    # shellcheck disable=SC2016 # expanded inside
+    check "no CA path, no certificate copies in Postfix's chroot" \
+        bash -c '[ -z "$(postconf -h smtp_tls_CApath)" ] && [ ! -e /var/spool/postfix/etc/ssl ]'
     check "postfix reload" postfix reload
     check "smtp banner on 25" bash -c 'exec 3<>/dev/tcp/127.0.0.1/25; head -1 <&3 | grep -q ESMTP'
     check "apachectl configtest" apachectl configtest
