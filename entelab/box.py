@@ -3,7 +3,8 @@
 Recipe = the package list + the build options + every file under provision/box/
 (the hooks) and provision/guest/ (overlay + setup.sh, applied in the image) +
 the stand-in images' recipe hash (entelab/images.py: their rootfs tar and
-manifest are baked into the box at /var/lib/ente-lab/images/).
+manifest are baked into the box at /var/lib/ente-lab/images/, and its images
+into the guest's /var/lib/docker: provision/box/bake-images.sh).
 The box file is cached as ``<box_cache>/debian12-<hash12>.box``; it is rebuilt
 only when the recipe hash changes (or with force), and re-added to Vagrant
 (VAGRANT_HOME per lab) only when the installed box has another hash. Replacing
@@ -118,7 +119,8 @@ def build_image(p: LabPaths, out: Path, standin: tuple[Path, Path]) -> None:
     """mmdebstrap -> ext4 -> qcow2 -> box tarball at ``out``.
 
     ``standin``: the stand-in images' (tar, manifest), copied into the image at
-    images.GUEST_DIR (the guest imports them once: ente-lab-images load), with every
+    images.GUEST_DIR and loaded into the guest's /var/lib/docker right here
+    (provision/box/bake-images.sh runs the guest's `ente-lab-images load`), with every
     other image tar lying beside the stand-in tar (the PostgreSQL 17 rootfs, loaded
     lazily: images.tars).
     """
@@ -144,6 +146,9 @@ def build_image(p: LabPaths, out: Path, standin: tuple[Path, Path]) -> None:
         "--customize-hook=" + f"sh {q(hooks / 'guest-hook.sh')} \"$1\" {q(guest_dir(p.root))}",
         "--customize-hook=" + f"mkdir -p \"$1{images.GUEST_DIR}\" && cp {tars} \"$1{images.GUEST_DIR}/\" "
                               f"&& cp {q(standin[1])} \"$1{images.GUEST_DIR}/manifest.json\"",
+        # the guest's /var/lib/docker filled here, by the box's own dockerd in the rootfs:
+        # the first start in the guest then has every image (bake-images.sh)
+        "--customize-hook=" + f"sh {q(hooks / 'bake-images.sh')} \"$1\"",
         "--customize-hook=" + "chroot \"$1\" apt-get clean",
         SUITE, str(rootfs), *MIRRORS,
     ]

@@ -12,12 +12,15 @@ stack on images it builds itself. All seven share ONE rootfs layer:
   tarfile (seconds): ``<box_cache>/standin-<hash12>.tar``, hash = base hash +
   the programs + the image list.
 
-In the guest the tar is imported once as ``ente-lab/standin-base:<hash12>``
-and each image is a metadata-only ``docker build`` (FROM + ENTRYPOINT/CMD/
-ENV/WORKDIR/LABEL/STOPSIGNAL, no RUN: no new layer, no network) on top of it.
-The tar and ``manifest.json`` (the image list below, with each Dockerfile)
-ship inside the box at ``GUEST_DIR``; ``ente-lab-images load`` in the guest
-does the import/builds (idempotent).
+The tar is imported once as ``ente-lab/standin-base:<hash12>`` and each image
+is a metadata-only ``docker build`` (FROM + ENTRYPOINT/CMD/ENV/WORKDIR/LABEL/
+STOPSIGNAL, no RUN: no new layer, no network) on top of it. The tar and
+``manifest.json`` (the image list below, with each Dockerfile) ship inside the box
+at ``GUEST_DIR``; ``ente-lab-images load`` does the import/builds (idempotent).
+It runs once when the box is built, by the box's own dockerd chrooted in the box's
+rootfs (provision/box/bake-images.sh), so a new VM's /var/lib/docker already holds
+the images; in the guest the same command then finds nothing to do, and re-imports
+from the tar only after a ``docker system prune -a``.
 
 A second rootfs carries the next PostgreSQL major for upgrade rehearsals (issue 16):
 ``ente-lab/postgres:17`` from Debian trixie's ``postgresql-17`` (LLVM/JIT purged like

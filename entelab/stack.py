@@ -201,7 +201,7 @@ def start(guest: Guest, settings: Settings) -> None:
         if guest.run("/etc/rc.d/rc.ente status", check=False).ok:
             info("  the stack is running")
             return
-        info("  first start in a VM: the stand-in images are imported once, then docker-compose up -d")
+        info("  first start in a VM: rc.ente loads any image the box lacks, then docker-compose up -d")
         res = guest.run("/etc/rc.d/rc.ente start", check=False, stream=True)
         if not res.ok:
             raise StageFailed("rc.ente start failed in the VM",

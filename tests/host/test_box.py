@@ -94,3 +94,30 @@ def test_box_file_name_carries_hash(tmp_path):
     p.build.mkdir()
     p.vagrant_json.write_text('{"box": "custom/name"}')
     assert box.box_name(p) == "custom/name"
+
+
+def test_images_are_baked_after_the_overlay_and_their_tars_by_the_boxs_own_docker(tmp_path, monkeypatch):
+    """bake-images.sh runs the guest's ente-lab-images (put there by guest-hook.sh) on
+    the tars the hook before it copied, chrooted: so its hook comes after both, and
+    before apt's cache is cleaned."""
+    from entelab.errors import StageFailed
+    from entelab.state import LabPaths
+    p = LabPaths(root=ROOT, lab_id="entelab-00000000", home=tmp_path / "h", build=tmp_path / "b")
+    p.logs.mkdir(parents=True)
+    seen: list = []
+
+    def first_command_only(cmd, **kw):
+        seen.append([str(c) for c in cmd])
+        raise StageFailed("stop here")
+    monkeypatch.setattr(box, "run", first_command_only)
+    monkeypatch.setattr(box, "vagrant_pubkey", lambda: Path("/k.pub"))
+    tar = tmp_path / "standin-0.tar"
+    with pytest.raises(StageFailed):
+        box.build_image(p, tmp_path / "out.box", (tar, tmp_path / "standin-0.json"))
+    hooks = [a.split("=", 1)[1] for a in seen[0] if a.startswith("--customize-hook=")]
+    at = {key: next(i for i, h in enumerate(hooks) if key in h)
+          for key in ("guest-hook.sh", str(tar), "bake-images.sh", "apt-get clean")}
+    assert at["guest-hook.sh"] < at[str(tar)] < at["bake-images.sh"] < at["apt-get clean"]
+    assert "docker.io" in box.PACKAGES and "docker-compose" in box.PACKAGES
+    script = (ROOT / "provision" / "box" / "bake-images.sh").read_text()
+    assert "chroot \"$R\" dockerd" in script and "--iptables=false" in script and "--bridge none" in script

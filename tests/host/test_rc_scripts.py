@@ -40,6 +40,7 @@ SHELL_FILES = sorted(
     + [RC_FUNCTIONS, GUEST / "setup.sh", GUEST / "chroot-smoke.sh",
        GUEST / "nspawn-boot-smoke.sh",
        OVERLAY / "etc" / "dhcp" / "dhclient-enter-hooks.d" / "ente-lab-keep-resolv"]
+    + list((ROOT / "provision" / "box").glob("*.sh"))     # the box recipe's hooks
 )
 
 is_root = os.geteuid() == 0

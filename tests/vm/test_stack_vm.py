@@ -42,6 +42,17 @@ def test_images_are_named_for_what_they_are(guest, settings):
     assert "stand-in" in logs.lower()
 
 
+def test_images_came_in_the_box_not_imported_at_the_first_start(guest):
+    """provision/box/bake-images.sh filled the guest's /var/lib/docker when the box was
+    built: every default image is older than this VM's first boot (its SSH host key,
+    made then), and `ente-lab-images load` finds nothing to do."""
+    first_boot = int(guest.run("stat -c %Y /etc/ssh/ssh_host_ed25519_key").stdout)
+    for name in ("ente-lab/postgres:15", "ente-lab/museum-standin:lab"):
+        created = guest.run(f"date -d \"$(docker image inspect --format '{{{{.Created}}}}' {name})\" +%s")
+        assert int(created.stdout) < first_boot, name
+    assert "nothing to do" in guest.run("/usr/local/sbin/ente-lab-images load").stdout
+
+
 def test_network_data_dirs_and_museum_address_match_settings(guest, settings):
     net = json.loads(guest.run(f"docker network inspect {settings.docker.network}").stdout)[0]
     cfg = net["IPAM"]["Config"][0]
