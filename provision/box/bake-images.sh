@@ -40,7 +40,9 @@ stop() {
     exit $rc
 }
 trap stop EXIT INT TERM
-dk() { chroot "$R" docker -H "unix://$SOCK" "$@"; }
+# $DOCKER word-split on purpose: "docker -H unix://..."
+# shellcheck disable=SC2086
+dk() { chroot "$R" $DOCKER "$@"; }
 
 # The tree bound onto itself, private: dockerd's `docker import` remounts the chroot's
 # / (it must be a mount point), and nothing mounted below propagates to the host or
@@ -57,7 +59,7 @@ mount --bind /dev "$R/dev"
 mount -t tmpfs tmpfs "$R/run"
 
 echo "bake-images: starting the box's dockerd in the rootfs (no bridge, no iptables)"
-chroot "$R" dockerd --host "unix://$SOCK" --pidfile /run/ente-lab-bake.pid \
+chroot "$R" dockerd --host "unix://$SOCK" \
     --data-root /var/lib/docker --exec-root /run/docker --storage-driver overlay2 \
     --bridge none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
     >"$LOG" 2>&1 &

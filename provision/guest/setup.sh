@@ -33,6 +33,12 @@ RC_SCRIPTS="$(awk '!/^[[:space:]]*#/ && NF { printf "rc.%s ", $1 }' "$SERVICES_F
 MASK_UNITS="apache2.service apache-htcacheclean.service postfix.service postfix@-.service
 postfix-resolvconf.path postfix-resolvconf.service saslauthd.service docker.service
 docker.socket containerd.service dnsmasq.service"
+# Debian's periodic jobs, which a Slackware server does not have (it has cron, no
+# e2scrub): e2scrub_reap.service took 14.6 s of every TCG boot beside rc.M, and the
+# timers would fire in the middle of a rehearsal (apt-daily would even try the
+# network, which the lab never leaves). Masked the same way, none replaced.
+QUIET_UNITS="e2scrub_reap.service e2scrub_all.timer apt-daily.timer apt-daily-upgrade.timer
+fstrim.timer man-db.timer dpkg-db-backup.timer"
 RC_UNIT=rc-slackware.service
 UNIT_DIR=/etc/systemd/system
 
@@ -85,6 +91,10 @@ for u in $MASK_UNITS; do
     mask_unit "$u"
 done
 log "masked: $(echo "$MASK_UNITS" | tr '\n' ' ')"
+for u in $QUIET_UNITS; do
+    mask_unit "$u"
+done
+log "periodic jobs masked: $(echo "$QUIET_UNITS" | tr '\n' ' ')"
 
 if command -v systemctl >/dev/null 2>&1; then
     systemctl enable "$RC_UNIT" >/dev/null 2>&1 || true

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -219,6 +220,10 @@ def test_unit_and_setup_agree():
               "postfix@-.service", "saslauthd.service", "docker.service", "docker.socket",
               "containerd.service", "dnsmasq.service"):
         assert u in setup, f"setup.sh does not mask {u}"
+    quiet = re.search(r'^QUIET_UNITS="([^"]*)"', setup, re.M)
+    assert quiet, "setup.sh names Debian's periodic jobs in QUIET_UNITS"
+    assert {"e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer"} <= set(quiet[1].split())
+    assert 'for u in $QUIET_UNITS; do\n    mask_unit "$u"' in setup, "each one masked like the rest"
     rcm = (RC_D / "rc.M").read_text()
     assert "/etc/ente-lab/services" in rcm and "dnsmasq saslauthd" not in rcm, \
         "rc.M reads the one service list; it keeps no copy"

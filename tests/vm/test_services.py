@@ -139,6 +139,21 @@ def test_distribution_unit_masked(guest, unit):
     assert sudo(guest, f"readlink /etc/systemd/system/{unit}").stdout.strip() == "/dev/null"
 
 
+def test_debian_periodic_jobs_masked_and_not_run_this_boot(guest):
+    """e2scrub_reap.service took 14.6 s of every TCG boot beside rc.M; the timers would
+    fire mid-rehearsal (apt-daily would try the network). setup.sh masks them all."""
+    quiet = ["e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer",
+             "apt-daily-upgrade.timer", "fstrim.timer"]
+    res = sudo(guest, f"systemctl is-enabled {' '.join(quiet)}; "
+                      "echo @@; systemctl list-timers --all --no-legend --no-pager; "
+                      "echo @@; journalctl -b --no-pager -o cat -u e2scrub_reap.service")
+    enabled, timers, reap = res.stdout.split("@@\n")
+    assert enabled.split() == ["masked"] * len(quiet), res.stdout
+    for t in quiet[1:]:
+        assert t not in timers, f"{t} is scheduled:\n{timers}"
+    assert "Remove Stale Online ext4 Metadata" not in reap, reap
+
+
 def test_rc_m_status_reports_all_running(guest):
     res = sudo(guest, "/etc/rc.d/rc.M status")
     assert res.exited == 0, res.stdout + res.stderr
