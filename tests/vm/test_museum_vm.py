@@ -1,9 +1,16 @@
 """Museum's user and one-time-token API through Apache (issue 13), standin payload.
 
-One converge with a variant museum.yaml (mail off, two hard-coded OTT entries, an
-admin id) re-creates exactly Museum and socat; the OTT rules then run against
-https://<api host>; the codes of normal requests come from Museum's log, as the
-article greps them with mail off. The module ends by restoring the pristine snapshot.
+One converge with a variant museum.yaml (mail off, an admin id) and the lab's `ott`
+setting (a hard-coded OTT entry: the article's .env line, passed by the compose file
+under the name Museum reads) re-creates exactly Museum and socat; the OTT rules then
+run against https://<api host>; the codes of normal requests come from Museum's log,
+as the article greps them with mail off. The module ends by restoring the pristine
+snapshot.
+
+Two tests here are also the fixes of workshop pitfall switches whose failures
+tests/vm/test_workshop_vm.py shows (one Museum re-creation fewer in CI): the `ott`
+entry honoured under the lab's names (``dashed_env_names``), and the lab's health
+check failing at once when Museum cannot answer (``healthcheck_echo``).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import re
 import uuid
 
 import pytest
-from labfix import variant_build
+from labfix import MUSEUM_HEALTH_TEST, run_museum_health_check, variant_build
 
 from entelab import converge, probes, stack
 
@@ -25,9 +32,7 @@ ADMIN_ID = 1234567890123456
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _museum_variant(text: str, domain: str) -> str:
-    hard = HARD[0].format("user", domain) + "," + HARD[1]
-    text = text.replace("    emails: []", f'    emails:\n      - "{hard}"', 1)
+def _museum_variant(text: str) -> str:
     text = text.replace("  admins: []", f"  admins:\n    - {ADMIN_ID}", 1)
     text = re.sub(r"(?m)^smtp:\n  host: .*$", 'smtp:\n  host: ""', text)
     return text
@@ -56,11 +61,13 @@ def container_ids(guest) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def museum(guest, paths, settings, tmp_path_factory, pristine):
-    """Converge a museum.yaml change; yield the container ids before and after."""
+    """Converge a museum.yaml change and an `ott` entry (.env); yield the container ids
+    before and after."""
     before = container_ids(guest)
+    hard = HARD[0].format("user", settings.domain) + "," + HARD[1]
     variant = variant_build(paths, tmp_path_factory.mktemp("museum"),
-                            f"{settings.paths.compose_dir}/museum.yaml",
-                            lambda t: _museum_variant(t, settings.domain))
+                            f"{settings.paths.compose_dir}/museum.yaml", _museum_variant,
+                            overrides=(f'ott=["{hard}"]',))
     report = converge.converge(guest, variant)
     after = container_ids(guest)
     stack.wait_healthy(guest, timeout=300)
@@ -85,7 +92,7 @@ def fresh(settings) -> str:
     return f"u-{uuid.uuid4().hex[:10]}@{settings.domain}"
 
 
-def test_museum_yaml_change_recreates_museum_and_socat_only(museum):
+def test_museum_config_change_recreates_museum_and_socat_only(museum):
     before, after, report = museum
     changed = {name for name in before if before[name] != after.get(name)}
     assert changed == {"ente-museum", "ente-socat"}, (changed, report)
@@ -152,7 +159,15 @@ def test_signup_for_a_registered_address_is_409(guest, settings, museum):
 
 
 def test_hardcoded_entry_registers_without_mail(guest, settings, museum):
+    """The lab's `ott` setting: .env, then the compose file's
+    ENTE_INTERNAL_HARDCODED_OTT_EMAILS (underscores). Also the fix of the workshop's
+    dashed_env_names switch: the article's dashed name is ignored
+    (test_workshop_vm.py::test_four_pitfalls_on_one_converge_each_symptom_then_the_fix),
+    this name is read."""
     email, code = HARD[0].format("user", settings.domain), HARD[1]
+    env = guest.run("docker exec ente-museum env").stdout
+    assert f"ENTE_INTERNAL_HARDCODED_OTT_EMAILS={email},{code}" in env.splitlines(), env
+    assert "HARDCODED-OTT" not in env
     r = post(guest, settings, "/users/ott", {"email": email, "purpose": "signup"})
     assert r["status"] == 200
     log = museum_log(guest)
@@ -194,3 +209,14 @@ def test_with_mail_off_lab_ott_reads_the_code_from_museums_log(guest, settings, 
     found = admin.ott(guest, settings, email)
     assert (found.code, found.where) == (code, "log")
     assert len(mailbox.read(guest)) == before, "mail is off: nothing was sent"
+
+
+def test_the_labs_health_check_fails_at_once_when_museum_cannot_answer(guest, settings, museum):
+    """The fix of the workshop's healthcheck_echo switch (its failure, "healthy" while
+    Museum cannot answer: test_workshop_vm.py's four pitfalls): the lab's check asks
+    Museum's /ping, so with PostgreSQL stopped it fails at once. Last in the module
+    (PostgreSQL stopped): the module's teardown restores the pristine snapshot."""
+    assert "/ping" in guest.run(MUSEUM_HEALTH_TEST).stdout
+    guest.run("docker stop ente-postgres")
+    assert probes.https_get(guest, settings.api_host, "/ping")["status"] != 200   # Museum cannot answer
+    assert run_museum_health_check(guest) != 0
