@@ -207,10 +207,11 @@ def workshop_start(c, step):
     body.run(body.workshop_start, step=step)
 
 
-@task(name="check")
-def workshop_check(c):
+@task(name="check", iterable=["step"],
+      help={"step": "Only this step (repeatable): only its probes run, about half the time"})
+def workshop_check(c, step=None):
     """Each step: done / not done / wrong / works with a pitfall, the symptom, the section to reread."""
-    body.run(body.workshop_check)
+    body.run(body.workshop_check, steps=step or [])
 
 
 @task(name="solve", positional=["step"], help=STEP_HELP)

@@ -307,10 +307,12 @@ def workshop_reset(step: str) -> None:
     workshop_start(step)
 
 
-def workshop_check() -> None:
-    from . import lab, workshop_lab
+def workshop_check(steps: list[str] | None = None) -> None:
+    from . import lab, workshop, workshop_lab
+    for name in steps or []:
+        workshop.get(name)          # an unknown step: the known ones, before any SSH
     paths = _paths()
-    workshop_lab.check(paths, load(), lab.guest(paths))
+    workshop_lab.check(paths, load(), lab.guest(paths), steps or [])
 
 
 def workshop_solve(step: str) -> None:

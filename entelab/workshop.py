@@ -133,6 +133,7 @@ class Step:
     force: Callable[[Entry], bool] = lambda e: False   # plumbing re-applied when solved
     undo: tuple[str, ...] = ()           # guest commands that leave it undone
     after: tuple[str, ...] = ()          # guest commands once it is converged
+    probes: tuple[str, ...] = ()         # PROBES its check reads (files and postconf: always)
 
 
 def _v(step: str, state: str, symptom: str = "", pitfalls: Iterable[str] = ()) -> Verdict:
@@ -447,13 +448,15 @@ STEPS: tuple[Step, ...] = (
     Step("apache_proxy", "Apache reverse proxy for the API and the web app",
          "Apache reverse proxy configuration",
          _src("apache/api-vhost.conf.j2", "apache/web-vhost.conf.j2"), check_apache_proxy,
-         "the proxy lines in the two TLS vhosts; apachectl configtest; apachectl -k graceful"),
+         "the proxy lines in the two TLS vhosts; apachectl configtest; apachectl -k graceful",
+         probes=("apache",)),
     Step("docker_network", "The ente.lan Docker network", "Docker network",
          _section("Docker network"), check_docker_network,
          "docker network create --driver=bridge --subnet=... --ip-range=... --gateway=... ente.lan",
          undo=("docker network rm {network} >/dev/null 2>&1 || true",),
          after=("docker network inspect {network} >/dev/null 2>&1 || docker network create "
-                "--driver=bridge --subnet={subnet} --ip-range={ip_range} --gateway={gateway} {network}",)),
+                "--driver=bridge --subnet={subnet} --ip-range={ip_range} --gateway={gateway} {network}",),
+         probes=("docker",)),
     Step("directories", "The compose and data directories", "Create directories",
          lambda e: e.service == "ente" and e.kind in ("dir", "datadir"), check_directories,
          "mkdir -p /usr/local/docker-ente; mkdir -p /opt/dockerfiles/ente/{cli-data,...}",
@@ -469,45 +472,53 @@ STEPS: tuple[Step, ...] = (
     Step("compose_files", "museum.yaml, cli-config.yaml, minio-provision.sh, docker-compose.yml",
          "Creating the Docker Compose files",
          lambda e: e.service == "ente" and e.kind == "file" and e.section == "Creating the Docker Compose files",
-         check_compose_files, "the four files in /usr/local/docker-ente; docker-compose config -q"),
+         check_compose_files, "the four files in /usr/local/docker-ente; docker-compose config -q",
+         probes=("compose",)),
     Step("run_server", "Start the stack", "Running the server", lambda e: False, check_run_server,
          "cd /usr/local/docker-ente; docker-compose up -d; curl https://ente.<domain>/ping",
          # docker-compose down without the compose files (the converge before the undo
          # commands removed them): the project's containers by label; the data stays
          undo=("docker ps -aq --filter label=com.docker.compose.project={project} | "
                "xargs -r docker rm -f >/dev/null 2>&1; true",),
-         after=("/etc/rc.d/rc.ente status >/dev/null 2>&1 || /etc/rc.d/rc.ente start",)),
+         after=("/etc/rc.d/rc.ente status >/dev/null 2>&1 || /etc/rc.d/rc.ente start",),
+         probes=("docker", "https")),
     Step("administering", "Sign up, find your id, make it an admin", "Administering the server",
          lambda e: False, check_administering,
          "sign up in the web app; docker-compose logs ente-museum | grep user_id; internal.admins "
          "in museum.yaml; docker-compose down; docker-compose up -d"),
     Step("museum_ip", "Museum's fixed address (already in .env and the compose file)",
          "Assign IP address to the Museum server", lambda e: False, check_museum_ip,
-         "nothing new: check MUSEUM_IPV4_ADDRESS in .env and ipv4_address in docker-compose.yml"),
+         "nothing new: check MUSEUM_IPV4_ADDRESS in .env and ipv4_address in docker-compose.yml",
+         probes=("docker",)),
     Step("name_mapping", "/etc/hosts and /etc/networks", "Add IP / name mapping to the host",
          _src("network/hosts.j2", "network/networks.j2"), check_name_mapping,
          "172.21.0.5 ente-museum ente-museum.ente.lan >> /etc/hosts; ente.lan 172.21 >> /etc/networks"),
     Step("dnsmasq", "dnsmasq answers the lab's names", "DNS serving local IPs",
          _src("network/resolv.conf.j2"), check_dnsmasq,
          "nameserver 127.0.0.1 at the top of /etc/resolv.conf; killall -HUP dnsmasq; "
-         "nslookup ente-museum.ente.lan"),
+         "nslookup ente-museum.ente.lan",
+         probes=("services", "dns")),
     Step("sasl", "Cyrus SASL via saslauthd", "Configuring SASL",
          lambda e: e.service == "sasl", check_sasl,
-         "/etc/sasl2/smtpd.conf (pwcheck_method, mech_list); /etc/rc.d/rc.saslauthd start"),
+         "/etc/sasl2/smtpd.conf (pwcheck_method, mech_list); /etc/rc.d/rc.saslauthd start",
+         probes=("saslauthd",)),
     Step("mail_user", "The verification user", "Create the mail user", lambda e: False, check_mail_user,
          "useradd -c \"Ente Verification\" -m -g users -s /bin/false verification; passwd verification; "
          "testsaslauthd -u verification -p ...",
          force=lambda e: e.path == USERS_CONF,
-         undo=("id -u {smtp_user} >/dev/null 2>&1 && userdel -r {smtp_user} >/dev/null 2>&1; true",)),
+         undo=("id -u {smtp_user} >/dev/null 2>&1 && userdel -r {smtp_user} >/dev/null 2>&1; true",),
+         probes=("users", "saslauthd")),
     Step("postfix", "Postfix: submission, TLS, SASL AUTH; the dehydrated hook and sudoers",
          "Configuring Postfix",
          lambda e: (e.service in ("postfix", "sudoers") and e.src != "postfix/catchall.regexp.j2")
          or e.src == "dehydrated/hook.sh.j2",
          check_postfix,
          "master.cf submission line; main.cf lines (postconf -e); postfix check; postfix reload; "
-         "the hook's deploy_cert lines; /etc/sudoers.d/postfix_reload"),
+         "the hook's deploy_cert lines; /etc/sudoers.d/postfix_reload",
+         probes=("smtp587", "smtp25")),
     Step("cors", "No Access-Control-* lines in front of Museum", "CORS", lambda e: False, check_cors,
-         "nothing (or remove the Header lines); signup in the browser works"),
+         "nothing (or remove the Header lines); signup in the browser works",
+         probes=("https",)),
 )
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 SECTION: dict[str, str] = {s.name: s.section for s in STEPS}
@@ -651,14 +662,37 @@ def context(settings: Settings, rendered: list[tuple[Entry, bytes]]) -> Context:
                    compose_files=tuple(e.path for e, _ in rendered if BY_NAME["compose_files"].owns(e)))
 
 
-def check_all(facts: Facts, ctx: Context) -> list[Verdict]:
-    return [step.check(facts, ctx) for step in STEPS]
+def check_all(facts: Facts, ctx: Context, steps: Iterable[str] = ()) -> list[Verdict]:
+    """The verdicts of ``steps`` (every step when empty), in the article's order."""
+    wanted = set(steps)
+    return [step.check(facts, ctx) for step in STEPS if not wanted or step.name in wanted]
+
+
+# The guest probes FACTS_PROGRAM can run, by name -> the Facts fields each fills. The
+# files, links, directories and postconf -n/-M/-P are always read (cheap); a check of
+# some steps runs only the probes those steps' checks read (Step.probes): under TCG
+# the Postfix step's check then takes about half of a full one's 5-7 s.
+PROBES: dict[str, tuple[str, ...]] = {
+    "smtp587": ("smtp587",), "smtp25": ("smtp25",), "users": ("users",), "saslauthd": ("saslauthd",),
+    "services": ("services",), "docker": ("network", "containers"), "compose": ("compose_config",),
+    "apache": ("apache_configtest",), "https": ("https",), "dns": ("dns",),
+}
+
+
+def probes_for(steps: Iterable[str] = ()) -> tuple[str, ...]:
+    """The probes a check of ``steps`` runs: every probe when none is named."""
+    names = list(steps)
+    if not names:
+        return tuple(PROBES)
+    wanted = {p for name in names for p in get(name).probes}
+    return tuple(p for p in PROBES if p in wanted)
 
 
 # ------------------------------------------------------------------ the facts program
 FACTS_PROGRAM = textwrap.dedent(r'''
     import glob, json, os, smtplib, socket, ssl, subprocess, sys, http.client
     A = json.loads(sys.argv[1])
+    P = set(A["probes"])
     out = {"files": {}, "links": {}, "dirs": {}}
     def sh(cmd, timeout=60):
         try:
@@ -730,37 +764,50 @@ FACTS_PROGRAM = textwrap.dedent(r'''
     # the slow probes run side by side (each waits on a daemon or a fork under TCG)
     import concurrent.futures
     pool = concurrent.futures.ThreadPoolExecutor(4)
-    later = {"smtp587": pool.submit(smtp, 587, True), "smtp25": pool.submit(smtp, 25, False),
-             "compose": pool.submit(lambda: sh("cd %s && docker-compose config -q" % A["compose_dir_q"])
-                                    if os.path.exists(os.path.join(A["compose_dir"], "docker-compose.yml"))
-                                    else (0, "")),
-             "apache": pool.submit(sh, "apache2ctl configtest")}
-    out["users"] = dict((u, sh("id -u " + u)[0] == 0) for u in A["users"])
-    running = sh("/etc/rc.d/rc.saslauthd status")[0] == 0
-    test = sh("testsaslauthd -s smtp -u %s -p %s" % (A["user_q"], A["password_q"]), 20)[1] if running else ""
-    out["saslauthd"] = {"running": running, "test": test.strip()}
-    out["services"] = dict((s, sh("/etc/rc.d/rc.%s status" % s)[0] == 0) for s in A["services"])
-    rc, txt = sh("docker network inspect %s --format '{{json .IPAM.Config}}'" % A["network_q"])
-    try:
-        cfg = json.loads(txt)[0] if rc == 0 else None
-        out["network"] = {"subnet": cfg.get("Subnet", ""), "gateway": cfg.get("Gateway", ""),
-                          "ip_range": cfg.get("IPRange", "")} if cfg else None
-    except Exception:
-        out["network"] = None
-    out["containers"] = {}
-    fmt = ("{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}} "
-           "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}")
-    rc, txt = sh("ids=$(docker ps -aq) && [ -n \"$ids\" ] && docker inspect --format '%s' $ids" % fmt)
-    for line in (txt.splitlines() if rc == 0 else []):
-        w = line.split() + ["", "", "", ""]
-        out["containers"][w[0].lstrip("/")] = {"state": w[1], "health": "" if w[2] == "-" else w[2],
-                                               "ip": w[3]}
+    later = {}
+    if "smtp587" in P:
+        later["smtp587"] = pool.submit(smtp, 587, True)
+    if "smtp25" in P:
+        later["smtp25"] = pool.submit(smtp, 25, False)
+    if "compose" in P:
+        later["compose"] = pool.submit(lambda: sh("cd %s && docker-compose config -q" % A["compose_dir_q"])
+                                       if os.path.exists(os.path.join(A["compose_dir"], "docker-compose.yml"))
+                                       else (0, ""))
+    if "apache" in P:
+        later["apache"] = pool.submit(sh, "apache2ctl configtest")
+    if "users" in P:
+        out["users"] = dict((u, sh("id -u " + u)[0] == 0) for u in A["users"])
+    if "saslauthd" in P:
+        running = sh("/etc/rc.d/rc.saslauthd status")[0] == 0
+        test = sh("testsaslauthd -s smtp -u %s -p %s" % (A["user_q"], A["password_q"]), 20)[1] if running else ""
+        out["saslauthd"] = {"running": running, "test": test.strip()}
+    if "services" in P:
+        out["services"] = dict((s, sh("/etc/rc.d/rc.%s status" % s)[0] == 0) for s in A["services"])
+    if "docker" in P:
+        rc, txt = sh("docker network inspect %s --format '{{json .IPAM.Config}}'" % A["network_q"])
+        try:
+            cfg = json.loads(txt)[0] if rc == 0 else None
+            out["network"] = {"subnet": cfg.get("Subnet", ""), "gateway": cfg.get("Gateway", ""),
+                              "ip_range": cfg.get("IPRange", "")} if cfg else None
+        except Exception:
+            out["network"] = None
+        out["containers"] = {}
+        fmt = ("{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}} "
+               "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}")
+        rc, txt = sh("ids=$(docker ps -aq) && [ -n \"$ids\" ] && docker inspect --format '%s' $ids" % fmt)
+        for line in (txt.splitlines() if rc == 0 else []):
+            w = line.split() + ["", "", "", ""]
+            out["containers"][w[0].lstrip("/")] = {"state": w[1], "health": "" if w[2] == "-" else w[2],
+                                                   "ip": w[3]}
     for key in ("smtp587", "smtp25"):
-        out[key] = later[key].result()
-    rc, txt = later["compose"].result()
-    out["compose_config"] = {"ok": rc == 0, "output": txt[-2000:]}
-    rc, txt = later["apache"].result()
-    out["apache_configtest"] = {"ok": rc == 0, "output": txt[-2000:]}
+        if key in later:
+            out[key] = later[key].result()
+    if "compose" in later:
+        rc, txt = later["compose"].result()
+        out["compose_config"] = {"ok": rc == 0, "output": txt[-2000:]}
+    if "apache" in later:
+        rc, txt = later["apache"].result()
+        out["apache_configtest"] = {"ok": rc == 0, "output": txt[-2000:]}
     pool.shutdown()
     class Loopback(http.client.HTTPSConnection):
         # Apache on this machine for the name (SNI, Host), whatever the resolver says: the
@@ -779,20 +826,23 @@ FACTS_PROGRAM = textwrap.dedent(r'''
             return {"status": r.status, "body": body, "acao": acao}
         except Exception as exc:
             return {"error": str(exc)[:200]}
-    out["https"] = {"api_ping": https(A["api_host"], "/ping"),
-                    "api_preflight": https(A["api_host"], "/users/ott", "OPTIONS",
-                                           {"Origin": "https://" + A["web_host"],
-                                            "Access-Control-Request-Method": "POST",
-                                            "Access-Control-Request-Headers": "content-type,x-client-package"})}
-    out["dns"] = {}
-    for n in A["names"]:
-        rc, txt = sh("dig +short +time=2 +tries=1 @127.0.0.1 " + n)
-        out["dns"][n] = txt.split() if rc == 0 else []
+    if "https" in P:
+        out["https"] = {"api_ping": https(A["api_host"], "/ping"),
+                        "api_preflight": https(A["api_host"], "/users/ott", "OPTIONS",
+                                               {"Origin": "https://" + A["web_host"],
+                                                "Access-Control-Request-Method": "POST",
+                                                "Access-Control-Request-Headers": "content-type,x-client-package"})}
+    if "dns" in P:
+        out["dns"] = {}
+        for n in A["names"]:
+            rc, txt = sh("dig +short +time=2 +tries=1 @127.0.0.1 " + n)
+            out["dns"][n] = txt.split() if rc == 0 else []
     print(json.dumps(out))
 ''')
 
 
-def facts_args(settings: Settings, ctx: Context, manifest: Iterable[Entry], password: str) -> dict:
+def facts_args(settings: Settings, ctx: Context, manifest: Iterable[Entry], password: str,
+               probes: Iterable[str] = tuple(PROBES)) -> dict:
     import shlex
     files = sorted({e.path for e in manifest if e.kind in ("file", "link", "absent")}
                    | {"/etc/hosts", "/etc/networks", "/etc/resolv.conf", detect.SASL2_CONF, SASL_LINK,
@@ -807,7 +857,8 @@ def facts_args(settings: Settings, ctx: Context, manifest: Iterable[Entry], pass
             "services": [n for n in vocab.SERVICE_NAMES if n != "ente"],
             "network_q": shlex.quote(settings.docker.network),
             "compose_dir": ctx.compose_dir, "compose_dir_q": shlex.quote(ctx.compose_dir),
-            "names": [f"ente-museum.{settings.docker.network}"]}
+            "names": [f"ente-museum.{settings.docker.network}"],
+            "probes": [p for p in PROBES if p in set(probes)]}
 
 
 def facts_from(answer: dict) -> Facts:

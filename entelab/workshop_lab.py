@@ -17,6 +17,7 @@ stack's data stay).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from rich.markup import escape
@@ -134,11 +135,14 @@ def solve(paths: LabPaths, settings: Settings, step: str, guest: Guest) -> None:
     apply_plan(guest, paths, plan, f"solve {step}")
 
 
-def facts(guest: Guest, paths: LabPaths, settings: Settings) -> tuple[workshop.Facts, workshop.Context]:
+def facts(guest: Guest, paths: LabPaths, settings: Settings,
+          steps: Iterable[str] = ()) -> tuple[workshop.Facts, workshop.Context]:
+    """The guest's facts in one round trip: the probes the checks of ``steps`` read
+    (every probe when none is named)."""
     pairs = rendered_pairs(paths)
     ctx = workshop.context(settings, pairs)
     password = secrets_mod.load_or_create(paths.secrets, dry_run=True)[0].sasl_password
-    args = workshop.facts_args(settings, ctx, [e for e, _ in pairs], password)
+    args = workshop.facts_args(settings, ctx, [e for e, _ in pairs], password, workshop.probes_for(steps))
     answer = guest.python(workshop.FACTS_PROGRAM, args, sudo=True, name="workshop facts")
     return workshop.facts_from(answer if isinstance(answer, dict) else {}), ctx
 
@@ -154,8 +158,11 @@ def table(verdicts: list[workshop.Verdict], at: str = "") -> Table:
     return out
 
 
-def check(paths: LabPaths, settings: Settings, guest: Guest) -> list[workshop.Verdict]:
-    f, ctx = facts(guest, paths, settings)
-    verdicts = workshop.check_all(f, ctx)
+def check(paths: LabPaths, settings: Settings, guest: Guest, steps: Iterable[str] = ()) -> list[workshop.Verdict]:
+    """Every step's verdict, or only those of ``steps`` (their probes alone: faster)."""
+    for name in steps:
+        workshop.get(name)
+    f, ctx = facts(guest, paths, settings, steps)
+    verdicts = workshop.check_all(f, ctx, steps)
     console.print(table(verdicts, current(paths)))
     return verdicts

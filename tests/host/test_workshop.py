@@ -352,6 +352,65 @@ def test_check_cases(step, i, facts, lab):
     assert v.section == workshop.BY_NAME[step].section
 
 
+class Unread(dict):
+    """In place of a probe's Facts field that a step's check does not run: any read fails."""
+
+    def __init__(self, field: str):
+        super().__init__()
+        self.field = field
+
+    def _read(self, *args, **kwargs):
+        raise AssertionError(f"the check read Facts.{self.field}, which none of its Step.probes fills")
+
+    __getitem__ = get = __contains__ = __iter__ = __len__ = __bool__ = keys = items = values = _read
+
+
+@pytest.mark.parametrize("step,i", [(s, i) for s, cases in CASES.items() for i in range(len(cases))])
+def test_a_steps_probes_are_all_its_check_reads(step, i, facts, lab):
+    """lab.workshop.check --step STEP runs only STEP's probes: every case of every check
+    gives the same verdict when the other probes' facts are unreadable."""
+    change, *_ = CASES[step][i]
+    full = change(facts)
+    want = verdict(full, lab, step)
+    unread = set(workshop.PROBES) - set(workshop.probes_for([step]))
+    part = dataclasses.replace(full, **{field: Unread(field) for p in unread for field in workshop.PROBES[p]})
+    assert verdict(part, lab, step) == want
+
+
+def test_probes_for_steps():
+    assert workshop.probes_for([]) == tuple(workshop.PROBES)
+    assert workshop.probes_for(["postfix"]) == ("smtp587", "smtp25")
+    assert workshop.probes_for(["web_image", "directories"]) == ()
+    assert set(workshop.probes_for(["run_server", "cors"])) == {"docker", "https"}
+    with pytest.raises(BadInput, match="unknown workshop step"):
+        workshop.probes_for(["nope"])
+    fields = {f.name for f in dataclasses.fields(Facts)}
+    assert {x for fs in workshop.PROBES.values() for x in fs} <= fields
+    assert all(set(s.probes) <= set(workshop.PROBES) for s in workshop.STEPS)
+
+
+def test_facts_program_runs_only_the_probes_asked_for(tmp_path, lab):
+    """The program itself (on this machine, as root in the VM): with the probe `users`
+    alone, no SMTP, docker, https or DNS probe runs and their keys are absent."""
+    import json
+    import subprocess
+    import sys
+    settings, rendered, ctx = lab
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n")
+    args = workshop.facts_args(settings, ctx, [], "pw", probes=["users"])
+    args.update(files=[str(tmp_path / "hosts"), str(tmp_path / "missing")], globs=[], dirs=[str(tmp_path)],
+                users=["root"], cafile=str(tmp_path / "none.pem"))
+    out = subprocess.run([sys.executable, "-c", workshop.FACTS_PROGRAM, json.dumps(args)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    answer = json.loads(out)
+    assert answer["users"] == {"root": True}
+    assert answer["files"] == {str(tmp_path / "hosts"): "127.0.0.1 localhost\n", str(tmp_path / "missing"): None}
+    assert answer["dirs"] == {str(tmp_path): True}
+    for key in ("smtp587", "smtp25", "saslauthd", "services", "network", "containers", "compose_config",
+                "apache_configtest", "https", "dns"):
+        assert key not in answer, key
+
+
 def test_every_step_has_cases():
     assert set(CASES) | {"cors"} >= set(workshop.STEP_NAMES) - {"cors"}
     assert set(CASES) == set(workshop.STEP_NAMES)
@@ -428,6 +487,12 @@ def test_check_is_one_round_trip_and_prints_the_table(lab_paths, lab, capsys):
     assert {v.step: v for v in verdicts}["postfix"].symptom.startswith("AUTH offered before STARTTLS on 587")
     out = capsys.readouterr().out
     assert "ente-lab workshop" in out and "postfix" in out and "wrong" in out and "AUTH" in out
+    # --step postfix: that row alone, still one round trip
+    rec2 = RecordingConnection(lambda cmd: json.dumps(dataclasses.asdict(f)))
+    only = workshop_lab.check(lab_paths, settings, Guest(rec2), ["postfix"])
+    assert [(v.step, v.state) for v in only] == [("postfix", WRONG)] and len(rec2.commands) == 1
+    out = capsys.readouterr().out
+    assert "postfix" in out and "apache_proxy" not in out and "docker_network" not in out
 
 
 def test_solve_converges_the_step_alone(lab_paths, capsys):
@@ -474,6 +539,10 @@ def test_workshop_tasks_through_invoke(tmp_path):
         assert t in listed.stdout
     bad = subprocess.run([*run, "lab.workshop.start", "postfx"], cwd=REPO, env=env, capture_output=True,
                          text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
+    assert "unknown workshop step 'postfx'" in " ".join(bad.stdout.split())
+    bad = subprocess.run([*run, "lab.workshop.check", "--step", "postfix", "--step", "postfx"], cwd=REPO,
+                         env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
     assert "unknown workshop step 'postfx'" in " ".join(bad.stdout.split())
     steps = subprocess.run([*run, "lab.workshop.steps"], cwd=REPO, env=env, capture_output=True, text=True)

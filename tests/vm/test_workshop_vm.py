@@ -54,9 +54,10 @@ def timed(name: str):
     TIMINGS[name] = round(time.monotonic() - t0, 1)
 
 
-def verdicts(guest, paths, settings) -> dict[str, workshop.Verdict]:
-    f, ctx = workshop_lab.facts(guest, paths, settings)
-    return {v.step: v for v in workshop.check_all(f, ctx)}
+def verdicts(guest, paths, settings, *steps: str) -> dict[str, workshop.Verdict]:
+    """What lab.workshop.check says (with steps: what ``--step`` says, their probes alone)."""
+    f, ctx = workshop_lab.facts(guest, paths, settings, steps)
+    return {v.step: v for v in workshop.check_all(f, ctx, steps)}
 
 
 def attendee(guest, *commands: str) -> None:
@@ -116,13 +117,14 @@ def test_an_attendee_types_the_postfix_step(guest, paths, settings, pristine):
 
         with timed("type postfix (corrected)"):
             attendee(guest, *corrected_edits(settings))
-        v = verdicts(guest, paths, settings)
+        with timed("check --step postfix"):
+            v = verdicts(guest, paths, settings, "postfix")
         assert v["postfix"].state == workshop.DONE, v["postfix"]
 
         # the article's literal main.cf lines: works, with the pitfall (and port 25 demands TLS)
         attendee(guest, "postconf -e 'smtpd_tls_security_level = encrypt' 'smtpd_sasl_auth_enable = yes' "
                         "'syslog_name = postfix/submission'", "postfix reload")
-        f, ctx = workshop_lab.facts(guest, paths, settings)
+        f, ctx = workshop_lab.facts(guest, paths, settings, ["postfix"])
         post = workshop.BY_NAME["postfix"].check(f, ctx)
         assert post.state == workshop.PITFALL and "tls_encrypt_main_cf" in post.pitfalls, post
         assert "smtpd_tls_security_level = encrypt" in post.symptom
@@ -133,18 +135,18 @@ def test_an_attendee_types_the_postfix_step(guest, paths, settings, pristine):
                         "'smtpd_sasl_auth_enable = no'",
                  "postconf -P 'submission/inet/smtpd_tls_security_level=none' "
                  "'submission/inet/smtpd_tls_auth_only=no'", "postfix reload")
-        v = verdicts(guest, paths, settings)
+        v = verdicts(guest, paths, settings, "postfix")
         assert v["postfix"].state == workshop.WRONG, v["postfix"]
         assert v["postfix"].symptom.startswith("AUTH offered before STARTTLS on 587"), v["postfix"]
 
         with timed("reset postfix"):
             workshop_lab.start(paths, settings, "postfix", lambda: guest)
-        v = verdicts(guest, paths, settings)
+        v = verdicts(guest, paths, settings, "postfix")
         assert v["postfix"].state == workshop.NOT_DONE, v["postfix"]
 
         with timed("solve postfix"):
             workshop_lab.solve(paths, settings, "postfix", guest)
-        v = verdicts(guest, paths, settings)
+        v = verdicts(guest, paths, settings, "postfix", "cors")
         assert v["postfix"].state == workshop.DONE, v["postfix"]
         assert v["cors"].state == workshop.DONE, v["cors"]
         # solved, the lab's files are the lab's again: a converge changes nothing
@@ -219,7 +221,7 @@ def test_four_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, s
         assert certs.served_serial(guest, settings.mail_host, 587, starttls=True) == new
 
         # tls_encrypt_main_cf
-        f, _ = workshop_lab.facts(guest, paths, settings)
+        f, _ = workshop_lab.facts(guest, paths, settings, ["postfix"])
         assert f.smtp25["mail_plain"][0] == 530, f.smtp25                 # "Must issue a STARTTLS"
         assert f.smtp587["auth_before_tls"][0] == 530                     # 587 as the article shows
 
@@ -245,7 +247,7 @@ def test_four_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, s
         assert converge.converge_with(guest, paths).ops == []              # = switching the four off
         res = redeploy(guest, settings)                  # the hook's deploy step, as a renewal runs it
         assert res.exited == 0 and "reloaded: apache" in res.stdout, res.stdout
-        f, _ = workshop_lab.facts(guest, paths, settings)
+        f, _ = workshop_lab.facts(guest, paths, settings, ["postfix"])
         assert f.smtp25["mail_plain"][0] == 250, f.smtp25
         assert f.smtp587["auth_before_tls"][0] == 530, f.smtp587           # 587 unchanged
     print(f"workshop timings (s): {TIMINGS}")
@@ -354,11 +356,11 @@ def test_workshop_base_is_taken_and_start_restores_it(guest, paths, settings, pr
         assert not guest.run(f"test -d {settings.paths.compose_dir}", check=False).ok
         assert certs.served_serial(guest, settings.api_host, 443) == "-"        # no TLS vhost yet
         workshop_lab.solve(paths, settings, "apache_proxy", guest)
-        assert verdicts(guest, paths, settings)["apache_proxy"].state == workshop.DONE
+        assert verdicts(guest, paths, settings, "apache_proxy")["apache_proxy"].state == workshop.DONE
         assert certs.served_serial(guest, settings.api_host, 443) == certs.file_serial(guest, conf)
         # the next step's solve creates the network the article's way
         workshop_lab.solve(paths, settings, "docker_network", guest)
-        assert verdicts(guest, paths, settings)["docker_network"].state == workshop.DONE
+        assert verdicts(guest, paths, settings, "docker_network")["docker_network"].state == workshop.DONE
     finally:
         if workshop.BASE_SNAPSHOT in snapshot.names(paths):
             snapshot.forget(paths, workshop.BASE_SNAPSHOT)
