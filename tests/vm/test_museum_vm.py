@@ -7,10 +7,9 @@ run against https://<api host>; the codes of normal requests come from Museum's 
 as the article greps them with mail off. The module ends by restoring the pristine
 snapshot.
 
-Two tests here are also the fixes of workshop pitfall switches whose failures
-tests/vm/test_workshop_vm.py shows (one Museum re-creation fewer in CI): the `ott`
-entry honoured under the lab's names (``dashed_env_names``), and the lab's health
-check failing at once when Museum cannot answer (``healthcheck_echo``).
+The hard-coded entry's test is also the fix of the workshop's ``dashed_env_names``
+switch, whose failure tests/vm/test_workshop_vm.py shows (one Museum re-creation fewer
+in CI): the entry honoured under the lab's names.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import re
 import uuid
 
 import pytest
-from labfix import MUSEUM_HEALTH_TEST, run_museum_health_check, variant_build
+from labfix import variant_build
 
 from entelab import converge, probes, stack
 
@@ -210,13 +209,3 @@ def test_with_mail_off_lab_ott_reads_the_code_from_museums_log(guest, settings, 
     assert (found.code, found.where) == (code, "log")
     assert len(mailbox.read(guest)) == before, "mail is off: nothing was sent"
 
-
-def test_the_labs_health_check_fails_at_once_when_museum_cannot_answer(guest, settings, museum):
-    """The fix of the workshop's healthcheck_echo switch (its failure, "healthy" while
-    Museum cannot answer: test_workshop_vm.py's four pitfalls): the lab's check asks
-    Museum's /ping, so with PostgreSQL stopped it fails at once. Last in the module
-    (PostgreSQL stopped): the module's teardown restores the pristine snapshot."""
-    assert "/ping" in guest.run(MUSEUM_HEALTH_TEST).stdout
-    guest.run("docker stop ente-postgres")
-    assert probes.https_get(guest, settings.api_host, "/ping")["status"] != 200   # Museum cannot answer
-    assert run_museum_health_check(guest) != 0

@@ -7,6 +7,7 @@ import ipaddress
 import json
 
 import pytest
+from labfix import MUSEUM_HEALTH_TEST, run_museum_health_check
 from tenacity import retry, stop_after_delay, wait_fixed
 
 from entelab import probes, stack
@@ -73,12 +74,17 @@ def test_network_data_dirs_and_museum_address_match_settings(guest, settings):
 
 def test_ping_follows_postgres_down_and_back(guest, settings, pristine):
     """https://<api>/ping goes Apache -> Museum -> PostgreSQL: it fails while PostgreSQL
-    is stopped and recovers after it starts again, with no manual step."""
+    is stopped and recovers after it starts again, with no manual step. Meanwhile the
+    lab's health check (it asks /ping) fails at once: the fix of the workshop's
+    healthcheck_echo switch, whose `echo 1` passes in the same outage
+    (test_workshop_vm.py's four pitfalls)."""
     assert probes.https_get(guest, settings.api_host, "/ping")["status"] == 200
     compose(guest, settings, "stop", "-t", "10", "ente-postgres")
     try:
         down = probes.https_get(guest, settings.api_host, "/ping")
         assert down["status"] >= 500 and "pong" not in down["body"]
+        assert "/ping" in guest.run(MUSEUM_HEALTH_TEST).stdout
+        assert run_museum_health_check(guest) != 0
     finally:
         compose(guest, settings, "start", "ente-postgres")
 

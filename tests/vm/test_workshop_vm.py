@@ -17,10 +17,11 @@ each symptom, then the fix:
 - missing_sudoers, tls_encrypt_main_cf, dashed_env_names, healthcheck_echo (Museum's
   mail must work, and missing_sudoers needs an issuance): the fix is the pristine
   snapshot, i.e. the lab converged with its own settings, proven so by a converge that
-  changes nothing after the restore. The two that need Museum re-created to show
-  their fix (the hard-coded entry under the lab's names, the lab's /ping check) are
-  shown by tests/vm/test_museum_vm.py, on the Museum re-creation that module makes
-  anyway: a second one here would cost about 70 s of CI.
+  changes nothing after the restore. The two whose fix needs Museum as the lab
+  creates it are shown where that Museum is tested anyway: the hard-coded entry under
+  the lab's names by tests/vm/test_museum_vm.py (on the Museum re-creation that module
+  makes; a second one here would cost about 70 s of CI), the lab's /ping check failing
+  in an outage by tests/vm/test_stack_vm.py's PostgreSQL outage.
 - wellknown_in_location (no issuance while it is on) and sasl_wrong_dir (Museum's
   SMTP AUTH fails): the fix is a converge of the lab's own settings.
 - compose_missing_quote: the converge refuses the file and keeps the live one.
@@ -196,8 +197,8 @@ def test_four_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, s
     (on that module's Museum re-creation: a second one here would cost 70 s).
     healthcheck_echo: Museum's configured check (`echo 1`, what dockerd runs every 10 s)
     passes while Museum cannot answer (PostgreSQL stopped), and Museum stays "healthy".
-    Its fix, the lab's /ping check failing at once, is
-    test_museum_vm.py::test_the_labs_health_check_fails_at_once_when_museum_cannot_answer."""
+    Its fix, the lab's /ping check failing at once in the same outage, is
+    test_stack_vm.py::test_ping_follows_postgres_down_and_back."""
     from test_renewal import forced, redeploy
     conf = certs.dehydrated_conf(settings)
     code = "246810"
