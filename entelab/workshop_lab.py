@@ -159,9 +159,8 @@ def table(verdicts: list[workshop.Verdict], at: str = "") -> Table:
 
 
 def check(paths: LabPaths, settings: Settings, guest: Guest, steps: Iterable[str] = ()) -> list[workshop.Verdict]:
-    """Every step's verdict, or only those of ``steps`` (their probes alone: faster)."""
-    for name in steps:
-        workshop.get(name)
+    """Every step's verdict, or only those of ``steps`` (their probes alone: faster; an
+    unknown step is refused by ``workshop.probes_for`` before the round trip)."""
     f, ctx = facts(guest, paths, settings, steps)
     verdicts = workshop.check_all(f, ctx, steps)
     console.print(table(verdicts, current(paths)))
