@@ -161,19 +161,25 @@ def _running(service: vocab.Reload, root: Path) -> bool:
     return script.exists() and _sibling("agent_validate").run(f"{script} status")[0] == 0
 
 
-def _reload(service: vocab.Reload, root: Path, paths: Iterable[str] = ()) -> tuple[bool, str]:
-    """Reload one service; ``paths``: the changed files that asked for it."""
+def _reload(service: vocab.Reload, root: Path, paths: Iterable[str] = (), running: bool | None = None,
+            checked: bool = False) -> tuple[bool, str]:
+    """Reload one service; ``paths``: the changed files that asked for it; ``running``:
+    its status when the caller asked already (one ``status`` less: seconds for rc.ente
+    under TCG); ``checked``: each of those files was written and passed the service's own
+    check on a staged copy (vocab.RELOAD_CHECKED: the rc script skips its second one)."""
     if service in vocab.RC_SCRIPT:
         script = root / "etc/rc.d" / vocab.RC_SCRIPT[service]
         if not script.exists():
             return False, f"{script} missing"
         run = _sibling("agent_validate").run
-        running = run(f"{script} status")[0] == 0
+        if running is None:
+            running = run(f"{script} status")[0] == 0
         extra = ""
         if service is Reload.ENTE_STACK and running:
             names = sorted({svc for p in paths for svc in vocab.STACK_BIND_MOUNTS.get(Path(p).name, ())})
             extra = "".join(f" {shlex.quote(n)}" for n in names)
-        rc, out = run(f"{script} {'reload' + extra if running else 'start'}")
+        env = {vocab.RELOAD_CHECKED[service][1]: "1"} if checked and running else None
+        rc, out = run(f"{script} {'reload' + extra if running else 'start'}", env=env)
         if rc == 0 and run(f"{script} status")[0] != 0:
             # e.g. a Postfix setting that needs a full restart: the daemon died on reload
             rc2, out2 = run(f"{script} start")
@@ -230,8 +236,13 @@ def apply(bundle: Path, root: Path = Path("/"), reload: bool = True) -> dict:
             elif service in vocab.ONLY_WHEN_RUNNING and not _running(service, root):
                 report["skipped"][service.value] = vocab.ONLY_WHEN_RUNNING[service]
             else:
-                ok, out = _reload(service, root, [op.path for op in ops if op.reload is service
-                                                  and op.path not in refused_paths])
+                mine = [op for op in ops if op.reload is service and op.path not in refused_paths]
+                changed = [op for op in mine if op.action is not Action.ATTRS]
+                checked = service in vocab.RELOAD_CHECKED and bool(changed) and all(
+                    op.action in (Action.WRITE, Action.MERGE_BLOCK)
+                    and op.validate is vocab.RELOAD_CHECKED[service][0] for op in changed)
+                ok, out = _reload(service, root, [op.path for op in mine], checked=checked,
+                                  running=True if service in vocab.ONLY_WHEN_RUNNING else None)
                 if ok:
                     report["reloaded"].append(service.value)
                 else:

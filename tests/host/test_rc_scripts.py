@@ -429,6 +429,14 @@ def test_rc_postfix_lifecycle(pubtmp: Path):
         assert r.returncode == 0, r.stderr
         assert assert_running("rc.postfix", env, "postfix") == pid
         assert "reload" in maillog.read_text()
+        # the converge agent checked a copy of these files already: reloaded without a second check
+        reloads = maillog.read_text().count("reload")
+        r = rc("rc.postfix", "reload", {**env, "POSTFIX_CHECKED": "1"})
+        assert r.returncode == 0 and "run by the caller" in r.stdout + r.stderr, r
+        deadline = time.monotonic() + 10        # postlogd writes the line shortly after
+        while maillog.read_text().count("reload") <= reloads and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert maillog.read_text().count("reload") > reloads
         # a broken main.cf: reload refused, the running master keeps serving
         good = (base / "etc" / "main.cf").read_text()
         (base / "etc" / "main.cf").write_text(good + "maillog_file = /nonexistent/x\n")
@@ -761,6 +769,10 @@ def test_rc_ente_start_at_boot_runs_compose_only_when_something_changed(tmp_path
 
     ran, out = start()
     assert ran, out                                              # no stamp yet: compose runs
+    # every image present: one docker call asks for all of them (one each costs ~0.5 s under
+    # TCG), and one more reads their IDs for the stamp
+    assert [c for c in log.read_text().splitlines() if c.startswith("docker image inspect")] == [
+        "docker image inspect -f . img/a:1 img/b:2", "docker image inspect -f {{.Id}} img/a:1 img/b:2"]
     ran, out = start()
     assert not ran and "already up" in out and "rc=0" in out, out
     compose_file.write_text("services: {a: {}}\n")

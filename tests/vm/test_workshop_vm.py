@@ -343,7 +343,6 @@ def test_workshop_base_is_taken_and_start_restores_it(guest, paths, settings, pr
     solving it serves that certificate."""
     from entelab import snapshot
     conf = certs.dehydrated_conf(settings)
-    network = settings.docker.network
     try:
         with timed("make workshop-base (lab.up --workshop after the boot)"):
             workshop_lab.make_base(guest, paths, settings)
@@ -353,15 +352,12 @@ def test_workshop_base_is_taken_and_start_restores_it(guest, paths, settings, pr
         v = verdicts(guest, paths, settings)
         done = sorted(n for n, x in v.items() if x.state == workshop.DONE)
         assert done == BASE_DONE, {n: (x.state, x.symptom) for n, x in v.items()}
-        assert not guest.run(f"docker network inspect {network}", check=False).ok
+        assert not guest.run(f"docker network inspect {settings.docker.network}", check=False).ok
         assert not guest.run(f"test -d {settings.paths.compose_dir}", check=False).ok
         assert certs.served_serial(guest, settings.api_host, 443) == "-"        # no TLS vhost yet
         workshop_lab.solve(paths, settings, "apache_proxy", guest)
         assert verdicts(guest, paths, settings, "apache_proxy")["apache_proxy"].state == workshop.DONE
         assert certs.served_serial(guest, settings.api_host, 443) == certs.file_serial(guest, conf)
-        # the next step's solve creates the network the article's way
-        workshop_lab.solve(paths, settings, "docker_network", guest)
-        assert verdicts(guest, paths, settings, "docker_network")["docker_network"].state == workshop.DONE
     finally:
         if workshop.BASE_SNAPSHOT in snapshot.names(paths):
             snapshot.forget(paths, workshop.BASE_SNAPSHOT)
