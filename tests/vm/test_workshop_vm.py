@@ -55,6 +55,17 @@ def timed(name: str):
     TIMINGS[name] = round(time.monotonic() - t0, 1)
 
 
+@pytest.fixture(autouse=True)
+def record_timings(paths):
+    """After each test, what was timed so far: printed, and written for docs/workshop.md."""
+    yield
+    if TIMINGS:
+        log = paths.logs / "workshop-timings.json"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(json.dumps(TIMINGS, indent=1))
+        print(f"workshop timings (s): {TIMINGS}")
+
+
 def verdicts(guest, paths, settings, *steps: str) -> dict[str, workshop.Verdict]:
     """What lab.workshop.check says (with steps: what ``--step`` says, their probes alone)."""
     f, ctx = workshop_lab.facts(guest, paths, settings, steps)
@@ -152,10 +163,6 @@ def test_an_attendee_types_the_postfix_step(guest, paths, settings, pristine):
         assert v["cors"].state == workshop.DONE, v["cors"]
         # solved, the lab's files are the lab's again: a converge changes nothing
         assert converge.converge_with(guest, paths).ops == []
-    log = paths.logs / "workshop-timings.json"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(json.dumps(TIMINGS, indent=1))
-    print(f"workshop timings (s): {TIMINGS}")
 
 
 # ------------------------------------------------------------------ the switches: failure, then the fix
@@ -251,7 +258,6 @@ def test_four_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, s
         f, _ = workshop_lab.facts(guest, paths, settings, ["postfix"])
         assert f.smtp25["mail_plain"][0] == 250, f.smtp25
         assert f.smtp587["auth_before_tls"][0] == 530, f.smtp587           # 587 unchanged
-    print(f"workshop timings (s): {TIMINGS}")
 
 
 def forced_by_a_new_account(guest, settings):
@@ -284,14 +290,16 @@ def test_wellknown_in_location_and_sasl_wrong_dir_then_the_fix(guest, paths, set
     user, password = settings.smtp.username, lab_secrets.sasl_password
     probe = "/var/lib/dehydrated/acme-challenges/entelab-probe"
     with back_to_pristine_on_failure(pristine):
-        converge_with(guest, paths, tmp_path, ["pitfalls.wellknown_in_location=true",
-                                               "pitfalls.sasl_wrong_dir=true"])
+        with timed("well-known + SASL: the converge that switches them on"):
+            converge_with(guest, paths, tmp_path, ["pitfalls.wellknown_in_location=true",
+                                                   "pitfalls.sasl_wrong_dir=true"])
         guest.run(f"echo probe > {probe} && chmod 0644 {probe}")
         r = probes.https_get(guest, settings.api_host, "/.well-known/acme-challenge/entelab-probe",
                              scheme="http", port=80)
         assert not (r["status"] == 200 and r["body"].strip() == "probe"), r   # proxied, not served
         served = certs.served_serial(guest, settings.api_host, 443)
-        res = forced_by_a_new_account(guest, settings)
+        with timed("well-known + SASL: a failing issuance by a new ACME account"):
+            res = forced_by_a_new_account(guest, settings)
         assert res.exited != 0, res.stdout
         assert "challenge" in res.stdout.lower() and settings.api_host in res.stdout, res.stdout[-2000:]
         assert certs.served_serial(guest, settings.api_host, 443) == served
@@ -302,7 +310,8 @@ def test_wellknown_in_location_and_sasl_wrong_dir_then_the_fix(guest, paths, set
         ok = guest.run(f"testsaslauthd -s smtp -u {user} -p {shlex.quote(password)}", check=False).stdout
         assert ok.strip() == '0: OK "Success."'                           # saslauthd itself says OK
 
-        converge.converge(guest, paths)                                    # the fix of both
+        with timed("well-known + SASL: the fix (a converge of the lab's settings)"):
+            converge.converge(guest, paths)                                # the fix of both
         r = probes.https_get(guest, settings.api_host, "/.well-known/acme-challenge/entelab-probe",
                              scheme="http", port=80)
         assert r["status"] == 200 and r["body"].strip() == "probe", r     # what the CA's request gets
@@ -362,4 +371,3 @@ def test_workshop_base_is_taken_and_start_restores_it(guest, paths, settings, pr
         if workshop.BASE_SNAPSHOT in snapshot.names(paths):
             snapshot.forget(paths, workshop.BASE_SNAPSHOT)
         pristine.restore()
-    print(f"workshop timings (s): {TIMINGS}")
