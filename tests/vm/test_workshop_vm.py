@@ -287,8 +287,9 @@ def test_wellknown_in_location_and_sasl_wrong_dir_then_the_fix(guest, paths, set
     """Two switches on one converge (Apache's vhost, Postfix's SASL file), each symptom,
     then the fix of both on one converge of the lab's own settings.
 
-    wellknown_in_location: the challenge path is proxied, so an issuance fails and the
-    served certificate stays.
+    wellknown_in_location: the challenge path is proxied, so the CA's request for the
+    token is answered by the proxied app and the issuance fails (for the API host alone,
+    by a new account: see issuance_for_the_api_host_by_a_new_account).
     sasl_wrong_dir: smtpd.conf where Postfix does not read it: 535 on the right password
     while saslauthd itself says OK."""
     user, password = settings.smtp.username, lab_secrets.sasl_password
