@@ -161,6 +161,16 @@ def _running(service: vocab.Reload, root: Path) -> bool:
     return script.exists() and _sibling("agent_validate").run(f"{script} status")[0] == 0
 
 
+def _checked(service: vocab.Reload, ops: list[vocab.Op]) -> bool:
+    """Every changed file that asks for this reload was written and passed the check its
+    rc script would run again (vocab.RELOAD_CHECKED)."""
+    if service not in vocab.RELOAD_CHECKED:
+        return False
+    changed = [op for op in ops if op.action is not Action.ATTRS]
+    return bool(changed) and all(op.action in (Action.WRITE, Action.MERGE_BLOCK)
+                                 and op.validate is vocab.RELOAD_CHECKED[service][0] for op in changed)
+
+
 def _reload(service: vocab.Reload, root: Path, paths: Iterable[str] = (), running: bool | None = None,
             checked: bool = False) -> tuple[bool, str]:
     """Reload one service; ``paths``: the changed files that asked for it; ``running``:
@@ -237,11 +247,7 @@ def apply(bundle: Path, root: Path = Path("/"), reload: bool = True) -> dict:
                 report["skipped"][service.value] = vocab.ONLY_WHEN_RUNNING[service]
             else:
                 mine = [op for op in ops if op.reload is service and op.path not in refused_paths]
-                changed = [op for op in mine if op.action is not Action.ATTRS]
-                checked = service in vocab.RELOAD_CHECKED and bool(changed) and all(
-                    op.action in (Action.WRITE, Action.MERGE_BLOCK)
-                    and op.validate is vocab.RELOAD_CHECKED[service][0] for op in changed)
-                ok, out = _reload(service, root, [op.path for op in mine], checked=checked,
+                ok, out = _reload(service, root, [op.path for op in mine], checked=_checked(service, mine),
                                   running=True if service in vocab.ONLY_WHEN_RUNNING else None)
                 if ok:
                     report["reloaded"].append(service.value)
