@@ -161,7 +161,7 @@ def test_hardcoded_entry_registers_without_mail(guest, settings, museum):
     """The lab's `ott` setting: .env, then the compose file's
     ENTE_INTERNAL_HARDCODED_OTT_EMAILS (underscores). Also the fix of the workshop's
     dashed_env_names switch: the article's dashed name is ignored
-    (test_workshop_vm.py::test_four_pitfalls_on_one_converge_each_symptom_then_the_fix),
+    (test_workshop_vm.py::test_six_pitfalls_on_one_converge_each_symptom_then_the_fix),
     this name is read."""
     email, code = HARD[0].format("user", settings.domain), HARD[1]
     env = guest.run("docker exec ente-museum env").stdout

@@ -77,7 +77,7 @@ def test_ping_follows_postgres_down_and_back(guest, settings, pristine):
     is stopped and recovers after it starts again, with no manual step. Meanwhile the
     lab's health check (it asks /ping) fails at once: the fix of the workshop's
     healthcheck_echo switch, whose `echo 1` passes in the same outage
-    (test_workshop_vm.py's four pitfalls)."""
+    (test_workshop_vm.py's six pitfalls)."""
     assert probes.https_get(guest, settings.api_host, "/ping")["status"] == 200
     compose(guest, settings, "stop", "-t", "10", "ente-postgres")
     try:

@@ -11,19 +11,17 @@ TLS is "wrong" with its symptom; reset returns to the step; solve completes it.
 Durations are written to <state dir>/logs/workshop-timings.json for
 docs/workshop.md's table.
 
-The switches: a group that touches different files shares one converge of a variant
-of the settings into a scratch build dir (as tests/vm/test_browser_vm.py does), shows
-each symptom, then the fix:
-- missing_sudoers, tls_encrypt_main_cf, dashed_env_names, healthcheck_echo (Museum's
-  mail must work, and missing_sudoers needs an issuance): the fix is the pristine
-  snapshot, i.e. the lab converged with its own settings, proven so by a converge that
-  changes nothing after the restore. The two whose fix needs Museum as the lab
-  creates it are shown where that Museum is tested anyway: the hard-coded entry under
-  the lab's names by tests/vm/test_museum_vm.py (on the Museum re-creation that module
-  makes; a second one here would cost about 70 s of CI), the lab's /ping check failing
-  in an outage by tests/vm/test_stack_vm.py's PostgreSQL outage.
-- wellknown_in_location (no issuance while it is on) and sasl_wrong_dir (Museum's
-  SMTP AUTH fails): the fix is a converge of the lab's own settings.
+The switches: the six that touch different files share one converge of a variant of
+the settings into a scratch build dir (as tests/vm/test_browser_vm.py does), each
+symptom is shown, then the fix:
+- missing_sudoers, tls_encrypt_main_cf, sasl_wrong_dir, wellknown_in_location,
+  dashed_env_names, healthcheck_echo: the fix is the pristine snapshot, i.e. the lab
+  converged with its own settings, proven so by a converge that changes nothing after
+  the restore. The two whose fix needs Museum as the lab creates it are shown where
+  that Museum is tested anyway: the hard-coded entry under the lab's names by
+  tests/vm/test_museum_vm.py (on the Museum re-creation that module makes; a second
+  one here would cost about a minute of CI), the lab's /ping check failing in an
+  outage by tests/vm/test_stack_vm.py's PostgreSQL outage.
 - compose_missing_quote: the converge refuses the file and keeps the live one.
 The pristine snapshot is restored when a test fails half-way, or changed what a
 converge does not give back.
@@ -182,44 +180,54 @@ def fresh(settings, what: str) -> str:
 HEALTH = "docker inspect --format '{{.State.Health.Status}}' ente-museum"
 
 
-@pytest.mark.budget(150)    # reference seconds (166 s at x1.19, 2026-12-01): tests/vm/conftest.py's time budget
-def test_four_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, settings, tmp_path, pristine):
-    """Four switches that touch different files, on one converge (one Museum
+@pytest.mark.budget(190)    # reference seconds (about 185 s at x1.0, 2026-12-02): tests/vm/conftest.py's time budget
+def test_six_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, settings, lab_secrets,
+                                                               tmp_path, pristine):
+    """Six switches that touch different files, on one converge (one Museum
     re-creation): each symptom; then the fix, which is the lab's own settings (the
     switches off): the pristine snapshot is the lab converged with them, and a converge
     of the lab's settings after the restore changes nothing, so the restored files are
-    exactly what switching the four off converges to. Museum's mail must work
-    throughout (the dashed names' symptom is a code mailed instead of the hard-coded
-    one), so sasl_wrong_dir, which breaks Museum's SMTP AUTH, is with
-    wellknown_in_location.
+    exactly what switching the six off converges to.
 
     missing_sudoers: a renewal writes a new certificate, the hook's `sudo -n` checks fail,
     Apache keeps serving the old one (Postfix hides it: a new smtpd reads the new file);
-    fixed, the hook's deploy step reloads Apache.
+    fixed, the hook's deploy step reloads Apache. The renewal is the lab account's: its
+    authorizations are still valid (rc.pebble: PEBBLE_AUTHZREUSE=100), so nothing is
+    challenged and the well-known switch cannot stop it.
     tls_encrypt_main_cf: port 25 demands STARTTLS of every MTA (530); 587 as the article;
     fixed, a plain MAIL FROM on 25 is accepted.
+    sasl_wrong_dir: smtpd.conf where Postfix does not read it: 535 on the right password
+    while saslauthd itself says OK; fixed, 235.
+    wellknown_in_location: the challenge path is proxied, so the CA's request for the
+    token is answered by the proxied app and the issuance fails (for the API host alone,
+    by a new account: see issuance_for_the_api_host_by_a_new_account); fixed, Apache
+    serves the challenge directory at that URL again.
     dashed_env_names (issue 13): the article's dashed name for the hard-coded entry is
-    ignored (a code is mailed, the fixed code is refused). Its fix, the same entry under
-    the lab's names honoured, is test_museum_vm.py::test_hardcoded_entry_registers_without_mail
-    (on that module's Museum re-creation: a second one here would cost 70 s).
+    ignored: Museum makes a random code and sends it by mail (which sasl_wrong_dir makes
+    fail: an honoured entry is answered without any mail), and the fixed code is refused
+    as wrong (401: a code is active, not that one). Its fix, the same entry under the
+    lab's names honoured, is test_museum_vm.py::test_hardcoded_entry_registers_without_mail
+    (on that module's Museum re-creation: a second one here would cost a minute).
     healthcheck_echo: Museum's configured check (`echo 1`, what dockerd runs every 10 s)
     passes while Museum cannot answer (PostgreSQL stopped), and Museum stays "healthy".
     Its fix, the lab's /ping check failing at once in the same outage, is
     test_stack_vm.py::test_ping_follows_postgres_down_and_back."""
     from test_renewal import forced, redeploy
     conf = certs.dehydrated_conf(settings)
+    user, password = settings.smtp.username, lab_secrets.sasl_password
     code = "246810"
     with back_to_pristine_on_failure(pristine):
         dashed = fresh(settings, "dashed")
-        with timed("four pitfalls: the converge that switches them on"):
+        with timed("six pitfalls: the converge that switches them on"):
             converge_with(guest, paths, tmp_path / "on",
                           ["pitfalls.tls_encrypt_main_cf=true",
                            "pitfalls.missing_sudoers=true", "pitfalls.dashed_env_names=true",
-                           "pitfalls.healthcheck_echo=true", f'ott=["{dashed},{code}"]'])
+                           "pitfalls.healthcheck_echo=true", "pitfalls.wellknown_in_location=true",
+                           "pitfalls.sasl_wrong_dir=true", f'ott=["{dashed},{code}"]'])
         # missing_sudoers (first: no smtpd on 587 has started since the converge's reload,
         # so the one this check starts is new and reads the new file)
         served = certs.served_serial(guest, settings.api_host, 443)
-        with timed("four pitfalls: a forced renewal (missing_sudoers)"):
+        with timed("six pitfalls: a forced renewal (missing_sudoers)"):
             res = forced(guest, settings)
         assert res.exited != 0 and "check FAILED: postfix check" in res.stdout, res.stdout
         new = certs.file_serial(guest, conf)
@@ -228,81 +236,21 @@ def test_four_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, s
         # Postfix hides it: a new smtpd process reads the new file without any reload
         assert certs.served_serial(guest, settings.mail_host, 587, starttls=True) == new
 
-        # tls_encrypt_main_cf
-        f, _ = workshop_lab.facts(guest, paths, settings, ["postfix"])
+        # tls_encrypt_main_cf and sasl_wrong_dir: one round trip of the workshop's probes
+        with timed("six pitfalls: the Postfix probes"):
+            f, _ = workshop_lab.facts(guest, paths, settings, ["postfix"])
         assert f.smtp25["mail_plain"][0] == 530, f.smtp25                 # "Must issue a STARTTLS"
-        assert f.smtp587["auth_before_tls"][0] == 530                     # 587 as the article shows
+        assert f.smtp587["auth_before_tls"][0] == 530, f.smtp587          # 587 as the article shows
+        assert f.smtp587["login"][0] == 535, f.smtp587                     # the right password refused
+        assert not guest.run("test -L /etc/postfix/sasl/smtpd.conf", check=False).ok
+        ok = guest.run(f"testsaslauthd -s smtp -u {user} -p {shlex.quote(password)}", check=False).stdout
+        assert ok.strip() == '0: OK "Success."'                           # saslauthd itself says OK
 
-        # dashed names: silently ignored
-        stack.wait_healthy(guest, timeout=300)
-        env = guest.run("docker exec ente-museum env").stdout
-        assert "ENTE_INTERNAL_HARDCODED-OTT_EMAILS=" in env, env           # the article's name
-        assert post(guest, settings, "/users/ott", {"email": dashed, "purpose": "signup"})["status"] == 200
-        log = guest.run("docker logs ente-museum 2>&1").stdout             # re-created by the converge
-        assert "returning hardcoded ott" not in log.lower()                 # silently ignored
-        assert post(guest, settings, "/users/verify-email", {"email": dashed, "ott": code})["status"] == 401
-        # echo 1: the check dockerd runs passes while Museum cannot answer
-        assert json.loads(guest.run(MUSEUM_HEALTH_TEST).stdout) == ["CMD", "echo", "1"]
-        guest.run("docker stop ente-postgres")
-        assert probes.https_get(guest, settings.api_host, "/ping")["status"] != 200   # Museum cannot answer
-        assert run_museum_health_check(guest) == 0                         # dockerd's check passes ...
-        assert guest.run(HEALTH).stdout.strip() == "healthy"               # ... so it stays "healthy"
-
-        # the fix: the switches off, i.e. the lab's own settings, as converged in the
-        # pristine snapshot (PostgreSQL running, the certificate of lab.up)
-        with timed("four pitfalls: the fix (the pristine snapshot restored)"):
-            pristine.restore()
-        assert converge.converge_with(guest, paths).ops == []              # = switching the four off
-        res = redeploy(guest, settings)                  # the hook's deploy step, as a renewal runs it
-        assert res.exited == 0 and "reloaded: apache" in res.stdout, res.stdout
-        f, _ = workshop_lab.facts(guest, paths, settings, ["postfix"])
-        assert f.smtp25["mail_plain"][0] == 250, f.smtp25
-        assert f.smtp587["auth_before_tls"][0] == 530, f.smtp587           # 587 unchanged
-
-
-def issuance_for_the_api_host_by_a_new_account(guest, settings):
-    """An issuance for the API host's name alone, by a new ACME account, into a scratch
-    certificate directory: every name is challenged only by a new account (rc.pebble
-    sets PEBBLE_AUTHZREUSE=100: the lab's own account's valid authorizations are reused,
-    so its renewal would not be challenged at all), and one name is enough to show the
-    CA's request being proxied (under TCG each authorization costs about 7 s). The lab's
-    certificate, account and certs/ are not touched."""
-    conf = certs.dehydrated_conf(settings)
-    tmp = "/var/lib/dehydrated/entelab-test-account"
-    guest.run(f"install -d -o {conf.user} -m 0700 {tmp} && "
-              f"sed 's|^ACCOUNTDIR=.*|ACCOUNTDIR=\"{tmp}/accounts\"|' {conf.config} > {tmp}/config && "
-              f"printf '%s\\n' 'KEYSIZE=\"2048\"' 'CERTDIR=\"{tmp}/certs\"' >> {tmp}/config && "
-              f"chown {conf.user} {tmp}/config")
-    try:
-        cmd = f"sudo -n -u {conf.user} -H dehydrated -f {tmp}/config "
-        guest.run(cmd + "--register --accept-terms 2>&1")
-        return guest.run(cmd + f"--cron --force --domain {settings.api_host} 2>&1", check=False)
-    finally:
-        guest.run(f"rm -rf {tmp}")
-
-
-@pytest.mark.budget(80)
-def test_wellknown_in_location_and_sasl_wrong_dir_then_the_fix(guest, paths, settings, lab_secrets,
-                                                               tmp_path, pristine):
-    """Two switches on one converge (Apache's vhost, Postfix's SASL file), each symptom,
-    then the fix of both on one converge of the lab's own settings.
-
-    wellknown_in_location: the challenge path is proxied, so the CA's request for the
-    token is answered by the proxied app and the issuance fails (for the API host alone,
-    by a new account: see issuance_for_the_api_host_by_a_new_account).
-    sasl_wrong_dir: smtpd.conf where Postfix does not read it: 535 on the right password
-    while saslauthd itself says OK."""
-    user, password = settings.smtp.username, lab_secrets.sasl_password
-    probe = "/var/lib/dehydrated/acme-challenges/entelab-probe"
-    with back_to_pristine_on_failure(pristine):
-        with timed("well-known + SASL: the converge that switches them on"):
-            converge_with(guest, paths, tmp_path, ["pitfalls.wellknown_in_location=true",
-                                                   "pitfalls.sasl_wrong_dir=true"])
-        guest.run(f"echo probe > {probe} && chmod 0644 {probe}")
-        r = probes.https_get(guest, settings.api_host, "/.well-known/acme-challenge/entelab-probe",
-                             scheme="http", port=80)
+        # wellknown_in_location
+        guest.run(f"echo probe > {PROBE} && chmod 0644 {PROBE}")
+        r = challenge_probe(guest, settings)
         assert not (r["status"] == 200 and r["body"].strip() == "probe"), r   # proxied, not served
-        with timed("well-known + SASL: a failing issuance by a new ACME account"):
+        with timed("six pitfalls: a failing issuance by a new ACME account (wellknown_in_location)"):
             res = issuance_for_the_api_host_by_a_new_account(guest, settings)
         assert res.exited != 0, res.stdout
         assert "challenge is invalid" in res.stdout.lower(), res.stdout[-2000:]
@@ -310,21 +258,71 @@ def test_wellknown_in_location_and_sasl_wrong_dir_then_the_fix(guest, paths, set
         # what the CA asked for (the token's URL on port 80) was answered by the proxied app
         assert "acme:error:unauthorized" in res.stdout, res.stdout[-2000:]
         assert f"http://{settings.api_host}:80/.well-known/acme-challenge/" in res.stdout, res.stdout[-2000:]
-        # sasl_wrong_dir
-        assert not guest.run("test -L /etc/postfix/sasl/smtpd.conf", check=False).ok
-        r = probes.smtp_session(guest, settings.mail_host, user=user, password=password)
-        assert r["login"][0] == 535, r
-        ok = guest.run(f"testsaslauthd -s smtp -u {user} -p {shlex.quote(password)}", check=False).stdout
-        assert ok.strip() == '0: OK "Success."'                           # saslauthd itself says OK
 
-        with timed("well-known + SASL: the fix (a converge of the lab's settings)"):
-            converge.converge(guest, paths)                                # the fix of both
-        r = probes.https_get(guest, settings.api_host, "/.well-known/acme-challenge/entelab-probe",
-                             scheme="http", port=80)
-        assert r["status"] == 200 and r["body"].strip() == "probe", r     # what the CA's request gets
-        guest.run(f"rm -f {probe}")
-        r = probes.smtp_session(guest, settings.mail_host, user=user, password=password)
-        assert r["login"][0] == 235, r
+        # dashed names: silently ignored
+        with timed("six pitfalls: Museum's checks (dashed_env_names, healthcheck_echo)"):
+            stack.wait_healthy(guest, timeout=300)
+            env = guest.run("docker exec ente-museum env").stdout
+            assert "ENTE_INTERNAL_HARDCODED-OTT_EMAILS=" in env, env           # the article's name
+            sent = post(guest, settings, "/users/ott", {"email": dashed, "purpose": "signup"})
+            log = guest.run("docker logs ente-museum 2>&1").stdout             # re-created by the converge
+            assert "returning hardcoded ott" not in log.lower()                 # silently ignored: ...
+            assert sent["status"] != 200, sent                                  # ... a code to mail, which fails
+            assert post(guest, settings, "/users/verify-email", {"email": dashed, "ott": code})["status"] == 401
+            # echo 1: the check dockerd runs passes while Museum cannot answer
+            assert json.loads(guest.run(MUSEUM_HEALTH_TEST).stdout) == ["CMD", "echo", "1"]
+            guest.run("docker stop ente-postgres")
+            assert probes.https_get(guest, settings.api_host, "/ping")["status"] != 200   # Museum cannot answer
+            assert run_museum_health_check(guest) == 0                         # dockerd's check passes ...
+            assert guest.run(HEALTH).stdout.strip() == "healthy"               # ... so it stays "healthy"
+
+        # the fix: the switches off, i.e. the lab's own settings, as converged in the
+        # pristine snapshot (PostgreSQL running, the certificate of lab.up)
+        with timed("six pitfalls: the fix (the pristine snapshot restored)"):
+            pristine.restore()
+        with timed("six pitfalls: the fix's checks"):
+            assert converge.converge_with(guest, paths).ops == []          # = switching the six off
+            res = redeploy(guest, settings)              # the hook's deploy step, as a renewal runs it
+            assert res.exited == 0 and "reloaded: apache" in res.stdout, res.stdout
+            f, _ = workshop_lab.facts(guest, paths, settings, ["postfix"])
+            assert f.smtp25["mail_plain"][0] == 250, f.smtp25
+            assert f.smtp587["auth_before_tls"][0] == 530, f.smtp587       # 587 unchanged
+            assert f.smtp587["login"][0] == 235, f.smtp587
+            guest.run(f"echo probe > {PROBE} && chmod 0644 {PROBE}")
+            r = challenge_probe(guest, settings)
+            assert r["status"] == 200 and r["body"].strip() == "probe", r # what the CA's request gets
+            guest.run(f"rm -f {PROBE}")
+
+
+PROBE = "/var/lib/dehydrated/acme-challenges/entelab-probe"
+
+
+def challenge_probe(guest, settings) -> dict:
+    """What the CA's http-01 request for a token in the challenge directory gets."""
+    return probes.https_get(guest, settings.api_host, "/.well-known/acme-challenge/entelab-probe",
+                            scheme="http", port=80)
+
+
+def issuance_for_the_api_host_by_a_new_account(guest, settings):
+    """An issuance for the API host's name alone, by a new ACME account (its key made
+    and registered in the same dehydrated run: ``--accept-terms`` with no key in the
+    account directory), into a scratch certificate directory: every name is challenged
+    only by a new account (rc.pebble sets PEBBLE_AUTHZREUSE=100: the lab's own account's
+    valid authorizations are reused, so its renewal would not be challenged at all), and
+    one name is enough to show the CA's request being proxied (under TCG each
+    authorization costs seconds). The lab's certificate, account and certs/ are not
+    touched."""
+    conf = certs.dehydrated_conf(settings)
+    tmp = "/var/lib/dehydrated/entelab-test-account"
+    guest.run(f"install -d -o {conf.user} -m 0700 {tmp} && "
+              f"sed 's|^ACCOUNTDIR=.*|ACCOUNTDIR=\"{tmp}/accounts\"|' {conf.config} > {tmp}/config && "
+              f"printf '%s\\n' 'KEYSIZE=\"2048\"' 'CERTDIR=\"{tmp}/certs\"' >> {tmp}/config && "
+              f"chown {conf.user} {tmp}/config")
+    try:
+        return guest.run(f"sudo -n -u {conf.user} -H dehydrated -f {tmp}/config --cron --force "
+                         f"--accept-terms --domain {settings.api_host} 2>&1", check=False)
+    finally:
+        guest.run(f"rm -rf {tmp}")
 
 
 def test_compose_missing_quote_is_refused_and_the_live_file_kept(guest, paths, settings, tmp_path, pristine):
