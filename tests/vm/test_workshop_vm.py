@@ -180,7 +180,7 @@ def fresh(settings, what: str) -> str:
 HEALTH = "docker inspect --format '{{.State.Health.Status}}' ente-museum"
 
 
-@pytest.mark.budget(190)    # reference seconds (about 185 s at x1.0, 2026-12-02): tests/vm/conftest.py's time budget
+@pytest.mark.budget(175)    # reference seconds (180.1 s at x1.07-1.3, 2026-12-02): tests/vm/conftest.py's time budget
 def test_six_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, settings, lab_secrets,
                                                                tmp_path, pristine):
     """Six switches that touch different files, on one converge (one Museum
@@ -267,7 +267,7 @@ def test_six_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, se
             sent = post(guest, settings, "/users/ott", {"email": dashed, "purpose": "signup"})
             log = guest.run("docker logs ente-museum 2>&1").stdout             # re-created by the converge
             assert "returning hardcoded ott" not in log.lower()                 # silently ignored: ...
-            assert sent["status"] != 200, sent                                  # ... a code to mail, which fails
+            assert sent["status"] == 500, sent                                  # ... a code to mail, which fails
             assert post(guest, settings, "/users/verify-email", {"email": dashed, "ott": code})["status"] == 401
             # echo 1: the check dockerd runs passes while Museum cannot answer
             assert json.loads(guest.run(MUSEUM_HEALTH_TEST).stdout) == ["CMD", "echo", "1"]
