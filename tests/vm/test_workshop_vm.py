@@ -268,6 +268,7 @@ def test_six_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, se
             log = guest.run("docker logs ente-museum 2>&1").stdout             # re-created by the converge
             assert "returning hardcoded ott" not in log.lower()                 # silently ignored: ...
             assert sent["status"] == 500, sent                                  # ... a code to mail, which fails
+            assert "failed to send mail" in log, log[-2000:]                  # (SMTP AUTH: sasl_wrong_dir)
             assert post(guest, settings, "/users/verify-email", {"email": dashed, "ott": code})["status"] == 401
             # echo 1: the check dockerd runs passes while Museum cannot answer
             assert json.loads(guest.run(MUSEUM_HEALTH_TEST).stdout) == ["CMD", "echo", "1"]
