@@ -180,6 +180,20 @@ def fresh(settings, what: str) -> str:
 HEALTH = "docker inspect --format '{{.State.Health.Status}}' ente-museum"
 
 
+PROBE = "/var/lib/dehydrated/acme-challenges/entelab-probe"
+
+
+def challenge_probe(guest, settings) -> dict:
+    """What the CA's http-01 request for a token in the challenge directory gets: a
+    file put there (answer "probe"), asked for on port 80, then removed."""
+    guest.run(f"echo probe > {PROBE} && chmod 0644 {PROBE}")
+    try:
+        return probes.https_get(guest, settings.api_host, "/.well-known/acme-challenge/entelab-probe",
+                                scheme="http", port=80)
+    finally:
+        guest.run(f"rm -f {PROBE}")
+
+
 @pytest.mark.budget(175)    # reference seconds (180.1 s at x1.07-1.3, 2026-12-02): tests/vm/conftest.py's time budget
 def test_six_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, settings, lab_secrets,
                                                                tmp_path, pristine):
@@ -247,7 +261,6 @@ def test_six_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, se
         assert ok.strip() == '0: OK "Success."'                           # saslauthd itself says OK
 
         # wellknown_in_location
-        guest.run(f"echo probe > {PROBE} && chmod 0644 {PROBE}")
         r = challenge_probe(guest, settings)
         assert not (r["status"] == 200 and r["body"].strip() == "probe"), r   # proxied, not served
         with timed("six pitfalls: a failing issuance by a new ACME account (wellknown_in_location)"):
@@ -289,19 +302,9 @@ def test_six_pitfalls_on_one_converge_each_symptom_then_the_fix(guest, paths, se
             assert f.smtp25["mail_plain"][0] == 250, f.smtp25
             assert f.smtp587["auth_before_tls"][0] == 530, f.smtp587       # 587 unchanged
             assert f.smtp587["login"][0] == 235, f.smtp587
-            guest.run(f"echo probe > {PROBE} && chmod 0644 {PROBE}")
             r = challenge_probe(guest, settings)
             assert r["status"] == 200 and r["body"].strip() == "probe", r # what the CA's request gets
-            guest.run(f"rm -f {PROBE}")
 
-
-PROBE = "/var/lib/dehydrated/acme-challenges/entelab-probe"
-
-
-def challenge_probe(guest, settings) -> dict:
-    """What the CA's http-01 request for a token in the challenge directory gets."""
-    return probes.https_get(guest, settings.api_host, "/.well-known/acme-challenge/entelab-probe",
-                            scheme="http", port=80)
 
 
 def issuance_for_the_api_host_by_a_new_account(guest, settings):
